@@ -1,0 +1,405 @@
+//! The one LLM agent loop, shared by the kernel and the workers, and its bounded memory.
+//!
+//! A turn starts with a user message; the model is called until it answers without tool calls or
+//! the step limit is hit. Tool-call arguments that are not a JSON object, and unknown tool names,
+//! are answered to the model as error tool results: the model gets a chance to correct itself.
+
+use crate::llm::{truncate, ChatModel, LlmError, Message, ToolCall, ToolSpec};
+use serde_json::Value;
+use std::collections::VecDeque;
+
+/// What a tool call produced; `is_error` results are shown to the model as errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    pub content: String,
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    pub fn ok(content: impl Into<String>) -> Self {
+        Self { content: content.into(), is_error: false }
+    }
+    pub fn error(content: impl Into<String>) -> Self {
+        Self { content: content.into(), is_error: true }
+    }
+    fn for_model(&self) -> String {
+        if self.is_error {
+            format!("ERROR: {}", self.content)
+        } else {
+            self.content.clone()
+        }
+    }
+}
+
+/// A set of tools the agent may call (the kernel's process tools, a worker's MCP tools).
+#[async_trait::async_trait]
+pub trait ToolBox: Send + Sync {
+    fn specs(&self) -> Vec<ToolSpec>;
+    /// `args` is always a JSON object here (the loop checks it).
+    async fn call(&self, name: &str, args: serde_json::Map<String, Value>) -> ToolOutput;
+}
+
+/// Progress of a turn, for feedback (the worker reports it to the process manager).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    /// The model is being called for step `step` (1-based).
+    Step { step: u32 },
+    ToolCalled { step: u32, tool: String, output: ToolOutput },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error("step limit reached ({0} LLM calls) without a final answer")]
+    StepLimit(u32),
+}
+
+/// Conversation memory bounded by a token budget: the system prompt is always kept, whole turns are
+/// dropped oldest first, and a short digest of what was dropped stays in the system message.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    system: String,
+    turns: VecDeque<Vec<Message>>,
+    budget_tokens: usize,
+    dropped: VecDeque<String>,
+    dropped_total: usize,
+}
+
+const DIGEST_LINES: usize = 12;
+const DIGEST_CHARS: usize = 160;
+
+impl Memory {
+    pub fn new(system: impl Into<String>, budget_tokens: usize) -> Self {
+        Self {
+            system: system.into(),
+            turns: VecDeque::new(),
+            budget_tokens,
+            dropped: VecDeque::new(),
+            dropped_total: 0,
+        }
+    }
+
+    pub fn set_system(&mut self, system: impl Into<String>) {
+        self.system = system.into();
+    }
+
+    pub fn system(&self) -> &str {
+        &self.system
+    }
+
+    /// Rough token count (4 characters a token, plus a few per message).
+    pub fn estimate_tokens(messages: &[Message]) -> usize {
+        messages.iter().map(|m| m.text_len() / 4 + 4).sum()
+    }
+
+    pub fn tokens(&self) -> usize {
+        Self::estimate_tokens(&self.messages())
+    }
+
+    pub fn turn_count(&self) -> usize {
+        self.turns.len()
+    }
+
+    pub fn dropped_turns(&self) -> usize {
+        self.dropped_total
+    }
+
+    fn system_message(&self) -> Message {
+        if self.dropped.is_empty() {
+            return Message::System(self.system.clone());
+        }
+        let mut s = self.system.clone();
+        s.push_str(&format!(
+            "\n\n[Memory: {} earlier turn(s) were dropped to stay within the context budget. The last ones began with:]\n",
+            self.dropped_total
+        ));
+        for d in &self.dropped {
+            s.push_str("- ");
+            s.push_str(d);
+            s.push('\n');
+        }
+        Message::System(s)
+    }
+
+    /// The messages to send: system first, then the kept turns in order.
+    pub fn messages(&self) -> Vec<Message> {
+        let mut out = vec![self.system_message()];
+        out.extend(self.turns.iter().flatten().cloned());
+        out
+    }
+
+    fn begin_turn(&mut self, user: String) {
+        self.turns.push_back(vec![Message::User(user)]);
+    }
+
+    fn push(&mut self, m: Message) {
+        match self.turns.back_mut() {
+            Some(t) => t.push(m),
+            None => self.turns.push_back(vec![m]),
+        }
+    }
+
+    /// Drop the oldest whole turns until within budget (the current turn is never dropped).
+    pub fn trim(&mut self) {
+        while self.turns.len() > 1 && self.tokens() > self.budget_tokens {
+            if let Some(turn) = self.turns.pop_front() {
+                let first = turn.iter().find_map(|m| match m {
+                    Message::User(u) => Some(u.clone()),
+                    _ => None,
+                });
+                if let Some(u) = first {
+                    self.dropped.push_back(truncate(&u.replace('\n', " "), DIGEST_CHARS));
+                    // The digest may use an eighth of the budget (4 characters a token).
+                    let max_chars = self.budget_tokens / 2;
+                    while self.dropped.len() > DIGEST_LINES
+                        || (self.dropped.len() > 1 && self.dropped.iter().map(String::len).sum::<usize>() > max_chars)
+                    {
+                        self.dropped.pop_front();
+                    }
+                }
+                self.dropped_total += 1;
+            }
+        }
+    }
+}
+
+/// The agent: a model, a memory and a step limit per turn.
+pub struct Agent<M: ?Sized> {
+    pub memory: Memory,
+    pub max_steps: u32,
+    model: std::sync::Arc<M>,
+}
+
+impl<M: ChatModel + ?Sized> Agent<M> {
+    pub fn new(model: std::sync::Arc<M>, memory: Memory, max_steps: u32) -> Self {
+        Self { memory, max_steps: max_steps.max(1), model }
+    }
+
+    /// Run one turn for `user` and return the model's final answer.
+    pub async fn run_turn(
+        &mut self,
+        user: String,
+        tools: &dyn ToolBox,
+        on_event: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<String, AgentError> {
+        self.memory.begin_turn(user);
+        self.memory.trim();
+        let specs = tools.specs();
+        for step in 1..=self.max_steps {
+            on_event(AgentEvent::Step { step });
+            let completion = self.model.complete(&self.memory.messages(), &specs).await?;
+            let calls = completion.tool_calls.clone();
+            self.memory.push(Message::Assistant { content: completion.content.clone(), tool_calls: calls.clone() });
+            if calls.is_empty() {
+                self.memory.trim();
+                return Ok(completion.content.unwrap_or_default());
+            }
+            for call in calls {
+                let output = dispatch(tools, &specs, &call).await;
+                tracing::debug!(tool = %call.name, is_error = output.is_error, "tool result");
+                self.memory.push(Message::Tool { call_id: call.id.clone(), content: output.for_model() });
+                on_event(AgentEvent::ToolCalled { step, tool: call.name.clone(), output });
+            }
+            self.memory.trim();
+        }
+        Err(AgentError::StepLimit(self.max_steps))
+    }
+}
+
+/// Validate one tool call and run it; every failure becomes an error result for the model.
+async fn dispatch(tools: &dyn ToolBox, specs: &[ToolSpec], call: &ToolCall) -> ToolOutput {
+    if !specs.iter().any(|s| s.name == call.name) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return ToolOutput::error(format!(
+            "unknown tool `{}`; the tools are: {}",
+            call.name,
+            names.join(", ")
+        ));
+    }
+    let raw = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(args)) => tools.call(&call.name, args).await,
+        Ok(other) => ToolOutput::error(format!(
+            "arguments of `{}` must be a JSON object, got: {}",
+            call.name,
+            truncate(&other.to_string(), 200)
+        )),
+        Err(e) => ToolOutput::error(format!(
+            "arguments of `{}` are not valid JSON ({e}): {}",
+            call.name,
+            truncate(raw, 200)
+        )),
+    }
+}
+
+#[cfg(test)]
+pub mod testutil {
+    //! A scripted model for unit tests of the loop and of the nodes' logic.
+    use super::*;
+    use crate::llm::Completion;
+    use std::sync::Mutex;
+
+    pub struct ScriptedModel {
+        pub replies: Mutex<VecDeque<Result<Completion, LlmError>>>,
+        pub seen: Mutex<Vec<Vec<Message>>>,
+    }
+
+    impl ScriptedModel {
+        pub fn new(replies: Vec<Result<Completion, LlmError>>) -> std::sync::Arc<Self> {
+            std::sync::Arc::new(Self { replies: Mutex::new(replies.into()), seen: Mutex::new(Vec::new()) })
+        }
+    }
+
+    pub fn text(s: &str) -> Result<Completion, LlmError> {
+        Ok(Completion { content: Some(s.into()), tool_calls: vec![] })
+    }
+
+    pub fn call(name: &str, args: &str) -> Result<Completion, LlmError> {
+        Ok(Completion {
+            content: None,
+            tool_calls: vec![ToolCall { id: format!("id_{name}"), name: name.into(), arguments: args.into() }],
+        })
+    }
+
+    #[async_trait::async_trait]
+    impl ChatModel for ScriptedModel {
+        async fn complete(&self, messages: &[Message], _tools: &[ToolSpec]) -> Result<Completion, LlmError> {
+            self.seen.lock().unwrap().push(messages.to_vec());
+            self.replies
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Err(LlmError::Unreachable("script exhausted".into())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    struct Echo {
+        calls: Mutex<Vec<(String, serde_json::Map<String, Value>)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ToolBox for Echo {
+        fn specs(&self) -> Vec<ToolSpec> {
+            vec![ToolSpec { name: "echo".into(), description: "echo".into(), parameters: json!({"type": "object"}) }]
+        }
+        async fn call(&self, name: &str, args: serde_json::Map<String, Value>) -> ToolOutput {
+            self.calls.lock().unwrap().push((name.into(), args.clone()));
+            ToolOutput::ok(format!("echo {}", Value::Object(args)))
+        }
+    }
+
+    fn echo() -> Echo {
+        Echo { calls: Mutex::new(vec![]) }
+    }
+
+    #[tokio::test]
+    async fn runs_tools_until_a_final_answer() {
+        let model = ScriptedModel::new(vec![call("echo", r#"{"x":1}"#), text("done")]);
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), 5);
+        let tools = echo();
+        let mut events = vec![];
+        let out = agent.run_turn("go".into(), &tools, &mut |e| events.push(e)).await.unwrap();
+        assert_eq!(out, "done");
+        assert_eq!(tools.calls.lock().unwrap()[0].1["x"], json!(1));
+        assert!(matches!(&events[1], AgentEvent::ToolCalled { tool, .. } if tool == "echo"));
+        // The second request carried the tool result after the assistant's call.
+        let second = &model.seen.lock().unwrap()[1];
+        assert!(matches!(&second[3], Message::Tool { content, .. } if content.starts_with("echo")));
+    }
+
+    #[tokio::test]
+    async fn malformed_arguments_and_unknown_tools_go_back_to_the_model() {
+        let model = ScriptedModel::new(vec![
+            call("echo", "{not json"),
+            call("echo", "[1,2]"),
+            call("fly", "{}"),
+            text("gave up"),
+        ]);
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), 5);
+        let tools = echo();
+        let out = agent.run_turn("go".into(), &tools, &mut |_| {}).await.unwrap();
+        assert_eq!(out, "gave up");
+        assert!(tools.calls.lock().unwrap().is_empty(), "no bad call reached the tool");
+        let last = model.seen.lock().unwrap().last().unwrap().clone();
+        let results: Vec<String> = last
+            .iter()
+            .filter_map(|m| match m {
+                Message::Tool { content, .. } => Some(content.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(results[0].contains("not valid JSON"), "{results:?}");
+        assert!(results[1].contains("must be a JSON object"), "{results:?}");
+        assert!(results[2].contains("unknown tool `fly`") && results[2].contains("echo"), "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn step_limit_is_an_error() {
+        let model = ScriptedModel::new(vec![call("echo", "{}"), call("echo", "{}"), call("echo", "{}")]);
+        let mut agent = Agent::new(model, Memory::new("sys", 10_000), 2);
+        let err = agent.run_turn("go".into(), &echo(), &mut |_| {}).await.unwrap_err();
+        assert!(matches!(err, AgentError::StepLimit(2)));
+    }
+
+    #[tokio::test]
+    async fn llm_failure_is_returned_and_memory_stays_consistent() {
+        let model = ScriptedModel::new(vec![Err(LlmError::Unreachable("down".into())), text("back")]);
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), 3);
+        let err = agent.run_turn("first".into(), &echo(), &mut |_| {}).await.unwrap_err();
+        assert!(err.to_string().contains("down"));
+        assert_eq!(agent.run_turn("second".into(), &echo(), &mut |_| {}).await.unwrap(), "back");
+        // The first event is not lost: it is still in the conversation.
+        let last = model.seen.lock().unwrap().last().unwrap().clone();
+        assert!(last.contains(&Message::User("first".into())));
+    }
+
+    #[test]
+    fn memory_keeps_the_system_prompt_and_drops_old_turns_within_budget() {
+        let mut m = Memory::new("SYSTEM PROMPT", 200);
+        for i in 0..100 {
+            m.begin_turn(format!("event {i} {}", "x".repeat(100)));
+            m.push(Message::Assistant { content: Some("ok".into()), tool_calls: vec![] });
+            m.trim();
+        }
+        assert!(m.tokens() <= 200 + 80, "tokens {}", m.tokens());
+        assert!(m.dropped_turns() > 90);
+        let msgs = m.messages();
+        match &msgs[0] {
+            Message::System(s) => {
+                assert!(s.starts_with("SYSTEM PROMPT"));
+                assert!(s.contains("earlier turn(s) were dropped"));
+                assert!(s.contains("event 9"), "digest names recent dropped events: {s}");
+            }
+            other => panic!("first message is not the system prompt: {other:?}"),
+        }
+        assert!(matches!(msgs.last(), Some(Message::Assistant { .. })));
+        assert!(msgs.iter().any(|m| matches!(m, Message::User(u) if u.starts_with("event 99"))));
+    }
+
+    #[test]
+    fn memory_drops_whole_turns_so_tool_results_keep_their_calls() {
+        let mut m = Memory::new("s", 60);
+        for i in 0..20 {
+            m.begin_turn(format!("u{i}"));
+            m.push(Message::Assistant {
+                content: None,
+                tool_calls: vec![ToolCall { id: format!("c{i}"), name: "t".into(), arguments: "{}".repeat(20) }],
+            });
+            m.push(Message::Tool { call_id: format!("c{i}"), content: "r".repeat(40) });
+            m.trim();
+        }
+        let msgs = m.messages();
+        // The first message after the system prompt opens a turn.
+        assert!(matches!(msgs[1], Message::User(_)), "{msgs:?}");
+    }
+}

@@ -1,0 +1,4 @@
+//! The `worker` node.
+fn main() {
+    rosa::node_main("worker", rosa::nodes::worker::run);
+}

@@ -1,0 +1,472 @@
+//! The kernel's logic: one ordered event queue, one agent whose only tools manage processes.
+//!
+//! No r2r here: the node (`nodes::kernel`) feeds [`Event`]s in, implements [`ProcessControl`] with
+//! the process manager's action and services, and [`KernelOutput`] with publishers.
+
+use crate::agent::{Agent, ToolBox, ToolOutput};
+use crate::llm::{ChatModel, ToolSpec};
+use crate::robots::Robot;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Where an event came from (the `source` of `rosa_interfaces/msg/KernelEvent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Command,
+    Transcript,
+    WorkerCallback,
+    Chat,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Command => "command",
+            Source::Transcript => "transcript",
+            Source::WorkerCallback => "worker_callback",
+            Source::Chat => "chat",
+        }
+    }
+}
+
+/// One event for the kernel, already formatted for the LLM.
+#[derive(Debug)]
+pub struct Event {
+    pub source: Source,
+    pub text: String,
+    pub received: SystemTime,
+    /// For `/rosa/chat`: where the reply goes.
+    pub reply: Option<oneshot::Sender<Result<String, String>>>,
+}
+
+impl Event {
+    pub fn new(source: Source, text: String) -> Self {
+        Self { source, text, received: SystemTime::now(), reply: None }
+    }
+    pub fn command(text: &str) -> Self {
+        Self::new(Source::Command, format!("[User typed] {}", text.trim()))
+    }
+    pub fn transcript(text: &str) -> Self {
+        Self::new(Source::Transcript, format!("[User said] {}", text.trim()))
+    }
+    pub fn worker_callback(worker_id: &str, message: &str, done: bool) -> Self {
+        Self::new(
+            Source::WorkerCallback,
+            format!("[Worker callback] {} (worker_id={worker_id}, done={done})", message.trim()),
+        )
+    }
+    pub fn chat(prompt: &str) -> (Self, oneshot::Receiver<Result<String, String>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut e = Self::new(Source::Chat, format!("[User typed] {}", prompt.trim()));
+        e.reply = Some(tx);
+        (e, rx)
+    }
+}
+
+/// The producer side of the event queue. A full queue refuses the event (and says so), it never
+/// drops one silently.
+#[derive(Clone)]
+pub struct EventQueue {
+    tx: mpsc::Sender<Event>,
+    capacity: usize,
+}
+
+impl EventQueue {
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx, capacity }, rx)
+    }
+
+    /// Queue an event; on refusal, the event comes back with the reason.
+    pub fn push(&self, event: Event) -> Result<(), (Event, String)> {
+        self.tx.try_send(event).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(ev) => {
+                (ev, format!("the kernel's event queue is full ({} events waiting)", self.capacity))
+            }
+            mpsc::error::TrySendError::Closed(ev) => (ev, "the kernel has stopped".to_string()),
+        })
+    }
+}
+
+/// One row of the process table, as the kernel's LLM sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRow {
+    pub worker_id: String,
+    pub state: String,
+    pub system_prompt: String,
+    pub robots: Vec<String>,
+    pub step: u32,
+    pub last_tool: String,
+}
+
+/// The process manager, as the kernel uses it.
+#[async_trait::async_trait]
+pub trait ProcessControl: Send + Sync {
+    /// Launch a worker; returns its id once the goal is accepted.
+    async fn launch(&self, system_prompt: String, robots: Vec<String>) -> Result<String, String>;
+    async fn list(&self) -> Result<Vec<ProcessRow>, String>;
+    async fn terminate(&self, worker_id: String, force: bool) -> Result<String, String>;
+}
+
+/// Where the kernel's outputs go (`/rosa/events`, `/rosa/updates`).
+pub trait KernelOutput: Send + Sync {
+    fn event(&self, seq: u64, source: Source, text: &str, received: SystemTime);
+    fn update(&self, role: &str, text: &str);
+}
+
+/// The kernel's three tools.
+pub struct KernelTools {
+    pub processes: Arc<dyn ProcessControl>,
+    pub robots: watch::Receiver<Vec<Robot>>,
+}
+
+#[derive(Deserialize)]
+struct LaunchArgs {
+    system_prompt: String,
+    #[serde(default)]
+    robots: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct TerminateArgs {
+    worker_id: String,
+    #[serde(default)]
+    force: bool,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(tool: &str, args: Map<String, Value>) -> Result<T, ToolOutput> {
+    serde_json::from_value(Value::Object(args))
+        .map_err(|e| ToolOutput::error(format!("bad arguments for `{tool}`: {e}")))
+}
+
+#[async_trait::async_trait]
+impl ToolBox for KernelTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        let names: Vec<String> = self.robots.borrow().iter().map(|r| r.name.clone()).collect();
+        vec![
+            ToolSpec {
+                name: "launch_process".into(),
+                description: "Launch a worker process: an LLM agent that carries out one task with the tools of the given robots, then reports back with a [Worker callback].".into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "system_prompt": {"type": "string", "description": "The worker's task and instructions, complete and self-contained."},
+                        "robots": {"type": "array", "items": {"type": "string", "enum": names}, "description": "Names of the robots (MCP servers) the worker may use."}
+                    },
+                    "required": ["system_prompt", "robots"]
+                }),
+            },
+            ToolSpec {
+                name: "list_processes".into(),
+                description: "List the running worker processes (and the most recent ended ones).".into(),
+                parameters: json!({"type": "object", "properties": {}}),
+            },
+            ToolSpec {
+                name: "terminate_process".into(),
+                description: "Terminate a running worker process.".into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "worker_id": {"type": "string", "description": "The id from launch_process or list_processes."},
+                        "force": {"type": "boolean", "description": "Kill at once instead of asking it to stop.", "default": false}
+                    },
+                    "required": ["worker_id"]
+                }),
+            },
+        ]
+    }
+
+    async fn call(&self, name: &str, args: Map<String, Value>) -> ToolOutput {
+        match name {
+            "launch_process" => {
+                let a: LaunchArgs = match parse(name, args) {
+                    Ok(a) => a,
+                    Err(e) => return e,
+                };
+                if a.system_prompt.trim().is_empty() {
+                    return ToolOutput::error("system_prompt is empty: describe the worker's task");
+                }
+                let known: Vec<String> = self.robots.borrow().iter().map(|r| r.name.clone()).collect();
+                if let Some(bad) = a.robots.iter().find(|r| !known.contains(r)) {
+                    return ToolOutput::error(format!(
+                        "unknown or unreachable robot `{bad}`; available robots: [{}]",
+                        known.join(", ")
+                    ));
+                }
+                match self.processes.launch(a.system_prompt, a.robots).await {
+                    Ok(id) => ToolOutput::ok(format!(
+                        "launched worker_id={id}; it will report back with a [Worker callback]"
+                    )),
+                    Err(e) => ToolOutput::error(format!("launch failed: {e}")),
+                }
+            }
+            "list_processes" => match self.processes.list().await {
+                Ok(rows) if rows.is_empty() => ToolOutput::ok("no processes"),
+                Ok(rows) => ToolOutput::ok(
+                    rows.iter()
+                        .map(|r| {
+                            format!(
+                                "worker_id={} state={} step={} last_tool={} robots=[{}] task={}",
+                                r.worker_id,
+                                r.state,
+                                r.step,
+                                if r.last_tool.is_empty() { "-" } else { &r.last_tool },
+                                r.robots.join(","),
+                                crate::llm::truncate(&r.system_prompt.replace('\n', " "), 120)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                Err(e) => ToolOutput::error(format!("cannot list processes: {e}")),
+            },
+            "terminate_process" => {
+                let a: TerminateArgs = match parse(name, args) {
+                    Ok(a) => a,
+                    Err(e) => return e,
+                };
+                match self.processes.terminate(a.worker_id, a.force).await {
+                    Ok(m) => ToolOutput::ok(m),
+                    Err(e) => ToolOutput::error(e),
+                }
+            }
+            other => ToolOutput::error(format!("unknown tool `{other}`")),
+        }
+    }
+}
+
+/// Fill the kernel prompt template: `{robots}` becomes the list of reachable robots.
+pub fn render_prompt(template: &str, robots: &[Robot]) -> String {
+    let list = if robots.is_empty() {
+        "(no robot is reachable right now)".to_string()
+    } else {
+        robots
+            .iter()
+            .map(|r| format!("- {}: {}", r.name, if r.description.is_empty() { "(no description)" } else { &r.description }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    template.replace("{robots}", &list)
+}
+
+/// The kernel: consumes the queue in order, one event at a time.
+pub struct Kernel<M: ChatModel + ?Sized> {
+    pub agent: Agent<M>,
+    pub tools: KernelTools,
+    pub prompt_template: String,
+    seq: u64,
+}
+
+impl<M: ChatModel + ?Sized> Kernel<M> {
+    pub fn new(agent: Agent<M>, tools: KernelTools, prompt_template: String) -> Self {
+        let mut k = Self { agent, tools, prompt_template, seq: 0 };
+        k.refresh_prompt();
+        k
+    }
+
+    fn refresh_prompt(&mut self) {
+        let robots = self.tools.robots.borrow().clone();
+        self.agent.memory.set_system(render_prompt(&self.prompt_template, &robots));
+    }
+
+    /// Consume one event: publish it, run the agent, publish (and return) the reply.
+    pub async fn handle(&mut self, mut event: Event, out: &dyn KernelOutput) -> Result<String, String> {
+        self.seq += 1;
+        out.event(self.seq, event.source, &event.text, event.received);
+        if self.tools.robots.has_changed().unwrap_or(false) {
+            self.tools.robots.borrow_and_update();
+            self.refresh_prompt();
+        }
+        tracing::info!(seq = self.seq, source = event.source.as_str(), text = %event.text, "event");
+        let result = self
+            .agent
+            .run_turn(event.text.clone(), &self.tools, &mut |e| tracing::debug!(?e, "kernel agent"))
+            .await;
+        let result = match result {
+            Ok(reply) => {
+                if !reply.trim().is_empty() {
+                    out.update("kernel", &reply);
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                let msg = format!("kernel could not handle {}: {e}", crate::llm::truncate(&event.text, 120));
+                tracing::error!("{msg}");
+                out.update("system", &msg);
+                Err(msg)
+            }
+        };
+        if let Some(reply) = event.reply.take() {
+            let _ = reply.send(result.clone());
+        }
+        result
+    }
+
+    /// Run until the queue closes.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, out: Arc<dyn KernelOutput>) {
+        while let Some(event) = rx.recv().await {
+            let _ = self.handle(event, out.as_ref()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::testutil::*;
+    use crate::agent::Memory;
+    use crate::llm::LlmError;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct FakeProcesses {
+        launched: Mutex<Vec<(String, Vec<String>)>>,
+        terminated: Mutex<Vec<(String, bool)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ProcessControl for FakeProcesses {
+        async fn launch(&self, p: String, r: Vec<String>) -> Result<String, String> {
+            self.launched.lock().unwrap().push((p, r));
+            Ok("w00000001".into())
+        }
+        async fn list(&self) -> Result<Vec<ProcessRow>, String> {
+            Ok(vec![ProcessRow {
+                worker_id: "w00000001".into(),
+                state: "running".into(),
+                system_prompt: "wave".into(),
+                robots: vec!["bot".into()],
+                step: 2,
+                last_tool: "wave".into(),
+            }])
+        }
+        async fn terminate(&self, id: String, force: bool) -> Result<String, String> {
+            self.terminated.lock().unwrap().push((id.clone(), force));
+            Ok(format!("terminated {id}"))
+        }
+    }
+
+    #[derive(Default)]
+    struct Sink {
+        events: Mutex<Vec<(u64, String)>>,
+        updates: Mutex<Vec<(String, String)>>,
+    }
+
+    impl KernelOutput for Sink {
+        fn event(&self, seq: u64, _s: Source, text: &str, _r: SystemTime) {
+            self.events.lock().unwrap().push((seq, text.into()));
+        }
+        fn update(&self, role: &str, text: &str) {
+            self.updates.lock().unwrap().push((role.into(), text.into()));
+        }
+    }
+
+    fn robot(name: &str) -> Robot {
+        Robot { name: name.into(), url: "http://127.0.0.1:1/mcp".into(), description: "a bot".into(), prompt_file: None, prompt: String::new() }
+    }
+
+    fn kernel(
+        replies: Vec<Result<crate::llm::Completion, LlmError>>,
+    ) -> (Kernel<ScriptedModel>, Arc<FakeProcesses>, Arc<ScriptedModel>, watch::Sender<Vec<Robot>>) {
+        let model = ScriptedModel::new(replies);
+        let procs = Arc::new(FakeProcesses::default());
+        let (tx, rx) = watch::channel(vec![robot("bot")]);
+        let tools = KernelTools { processes: procs.clone(), robots: rx };
+        let agent = Agent::new(model.clone(), Memory::new("", 4000), 6);
+        (Kernel::new(agent, tools, "You manage robots:\n{robots}".into()), procs, model, tx)
+    }
+
+    #[test]
+    fn events_are_formatted_as_in_the_seed() {
+        assert_eq!(Event::command(" wave ").text, "[User typed] wave");
+        assert_eq!(Event::transcript("hi").text, "[User said] hi");
+        assert_eq!(
+            Event::worker_callback("w1", "waved", true).text,
+            "[Worker callback] waved (worker_id=w1, done=true)"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_refuses_with_a_reason() {
+        let (q, _rx) = EventQueue::new(2);
+        q.push(Event::command("a")).unwrap();
+        q.push(Event::command("b")).unwrap();
+        let (ev, why) = q.push(Event::command("c")).unwrap_err();
+        assert_eq!(ev.text, "[User typed] c");
+        assert!(why.contains("full (2 events"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn command_launches_a_worker_and_the_reply_is_published() {
+        let (mut k, procs, model, _tx) = kernel(vec![
+            call("launch_process", r#"{"system_prompt":"wave twice","robots":["bot"]}"#),
+            text("I asked a worker to wave."),
+        ]);
+        let sink = Sink::default();
+        let reply = k.handle(Event::command("wave at me"), &sink).await.unwrap();
+        assert_eq!(reply, "I asked a worker to wave.");
+        assert_eq!(procs.launched.lock().unwrap()[0], ("wave twice".to_string(), vec!["bot".to_string()]));
+        assert_eq!(sink.events.lock().unwrap()[0], (1, "[User typed] wave at me".to_string()));
+        assert_eq!(sink.updates.lock().unwrap()[0], ("kernel".to_string(), reply));
+        // The system prompt lists the robots.
+        let first = &model.seen.lock().unwrap()[0];
+        assert!(matches!(&first[0], crate::llm::Message::System(s) if s.contains("- bot: a bot")));
+    }
+
+    #[tokio::test]
+    async fn unknown_robot_is_refused_before_launch() {
+        let (mut k, procs, model, _tx) = kernel(vec![
+            call("launch_process", r#"{"system_prompt":"x","robots":["ghost"]}"#),
+            text("sorry"),
+        ]);
+        k.handle(Event::command("x"), &Sink::default()).await.unwrap();
+        assert!(procs.launched.lock().unwrap().is_empty());
+        let last = model.seen.lock().unwrap().last().unwrap().clone();
+        assert!(last.iter().any(|m| matches!(m, crate::llm::Message::Tool { content, .. } if content.contains("unknown or unreachable robot `ghost`"))));
+    }
+
+    #[tokio::test]
+    async fn llm_failure_becomes_a_system_update_and_a_chat_error() {
+        let (mut k, _procs, _model, _tx) = kernel(vec![Err(LlmError::Unreachable("connection refused".into()))]);
+        let sink = Sink::default();
+        let (ev, rx) = Event::chat("hello");
+        assert!(k.handle(ev, &sink).await.is_err());
+        let reply = rx.await.unwrap().unwrap_err();
+        assert!(reply.contains("connection refused"), "{reply}");
+        assert_eq!(sink.updates.lock().unwrap()[0].0, "system");
+    }
+
+    #[tokio::test]
+    async fn seq_increases_and_terminate_and_list_reach_the_process_manager() {
+        let (mut k, procs, model, _tx) = kernel(vec![
+            call("list_processes", "{}"),
+            call("terminate_process", r#"{"worker_id":"w00000001","force":true}"#),
+            text("stopped"),
+            call("terminate_process", r#"{"force":true}"#),
+            text("hm"),
+        ]);
+        let sink = Sink::default();
+        k.handle(Event::command("stop it"), &sink).await.unwrap();
+        k.handle(Event::command("again"), &sink).await.unwrap();
+        assert_eq!(procs.terminated.lock().unwrap()[0], ("w00000001".to_string(), true));
+        let seqs: Vec<u64> = sink.events.lock().unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        let seen = model.seen.lock().unwrap();
+        assert!(seen[1].iter().any(|m| matches!(m, crate::llm::Message::Tool { content, .. } if content.contains("state=running"))));
+        assert!(seen[4].iter().any(|m| matches!(m, crate::llm::Message::Tool { content, .. } if content.contains("missing field `worker_id`"))));
+    }
+
+    #[tokio::test]
+    async fn robot_list_changes_update_the_prompt() {
+        let (mut k, _p, model, tx) = kernel(vec![text("a"), text("b")]);
+        k.handle(Event::command("1"), &Sink::default()).await.unwrap();
+        tx.send(vec![robot("bot"), robot("arm")]).unwrap();
+        k.handle(Event::command("2"), &Sink::default()).await.unwrap();
+        let seen = model.seen.lock().unwrap();
+        assert!(matches!(&seen[1][0], crate::llm::Message::System(s) if s.contains("- arm")));
+    }
+}

@@ -1,0 +1,36 @@
+//! rosa: a ROS 2 agentic operating system.
+//!
+//! The logic lives in r2r-free modules (unit-tested without ROS); `nodes` wires it to ROS.
+pub mod agent;
+pub mod config;
+pub mod kernel;
+pub mod llm;
+pub mod mcp_tools;
+pub mod process;
+pub mod robots;
+pub mod worker;
+
+pub mod nodes;
+pub mod ros;
+
+/// A node's `main`: logging, a tokio runtime, the node's `run`, and a clear error on failure.
+pub fn node_main<F, Fut>(name: &str, run: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    ros::init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run()) {
+        tracing::error!("{name}: {e:#}");
+        rt.shutdown_timeout(std::time::Duration::from_millis(200));
+        std::process::exit(1);
+    }
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+}

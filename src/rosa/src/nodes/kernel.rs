@@ -1,0 +1,301 @@
+//! The `kernel` node: ROS endpoints around [`crate::kernel::Kernel`].
+
+use crate::agent::{Agent, Memory};
+use crate::config::{self, LlmConfig};
+use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
+use crate::llm::OpenAiChat;
+use crate::process::worker_id_for_goal;
+use crate::robots::{self, Registry, Robot};
+use crate::ros::{self, Spinner};
+use futures::StreamExt;
+use r2r::rosa_interfaces::action::LaunchProcess;
+use r2r::rosa_interfaces::msg::{KernelEvent, Transcript, Update, WorkerCallback};
+use r2r::rosa_interfaces::srv::{Chat, ListProcesses, TerminateProcess};
+use r2r::{ActionClient, Client, Node, Publisher, QosProfile};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// Parameters of the kernel node (see `config/rosa.yaml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KernelParams {
+    pub llm: LlmConfig,
+    /// Robots registry (YAML or drivers.json); relative paths are looked up in share/rosa/config.
+    pub robots_file: String,
+    /// Kernel prompt template; `{robots}` is replaced by the reachable robots.
+    pub prompt_file: String,
+    /// Events waiting beyond this are refused (and the refusal is published on /rosa/updates).
+    pub queue_size: u64,
+    /// Conversation memory budget, in (estimated) tokens.
+    pub memory_tokens: u64,
+    /// LLM calls per event at most.
+    pub max_steps: u32,
+    /// How often robot reachability is re-checked, seconds.
+    pub reachability_period_sec: f64,
+    /// How long to wait for the process manager to accept or answer, seconds.
+    pub process_manager_timeout_sec: f64,
+}
+
+impl Default for KernelParams {
+    fn default() -> Self {
+        Self {
+            llm: LlmConfig::default(),
+            robots_file: "robots.yaml".into(),
+            prompt_file: "prompts/kernel.txt".into(),
+            queue_size: 64,
+            memory_tokens: 12_000,
+            max_steps: 8,
+            reachability_period_sec: 10.0,
+            process_manager_timeout_sec: 10.0,
+        }
+    }
+}
+
+/// r2r publishers are `Send` but not `Sync`: each sits behind a mutex.
+struct RosOutput {
+    events: std::sync::Mutex<Publisher<KernelEvent>>,
+    updates: std::sync::Mutex<Publisher<Update>>,
+}
+
+impl KernelOutput for RosOutput {
+    fn event(&self, seq: u64, source: Source, text: &str, received: SystemTime) {
+        let msg = KernelEvent { seq, source: source.as_str().into(), text: text.into(), stamp: ros::stamp(received) };
+        if let Err(e) = self.events.lock().expect("publisher lock").publish(&msg) {
+            tracing::error!(error = %e, "cannot publish /rosa/events");
+        }
+    }
+    fn update(&self, role: &str, text: &str) {
+        publish_update(&self.updates.lock().expect("publisher lock"), role, text);
+    }
+}
+
+fn publish_update(p: &Publisher<Update>, role: &str, text: &str) {
+    let msg = Update { role: role.into(), text: text.into(), worker_id: String::new(), stamp: ros::now() };
+    if let Err(e) = p.publish(&msg) {
+        tracing::error!(error = %e, "cannot publish /rosa/updates");
+    }
+}
+
+/// The process manager through its action and services.
+struct RosProcesses {
+    launch: ActionClient<LaunchProcess::Action>,
+    list: Client<ListProcesses::Service>,
+    terminate: Client<TerminateProcess::Service>,
+    server_seen: Arc<AtomicBool>,
+    timeout: Duration,
+}
+
+impl RosProcesses {
+    async fn wait_for_server(&self) -> Result<(), String> {
+        if self.server_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let fut = Node::is_available(&self.launch).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(())) => {
+                self.server_seen.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout.as_secs_f64())),
+        }
+    }
+
+    async fn request<S, F>(&self, fut: Result<F, r2r::Error>) -> Result<S, String>
+    where
+        F: std::future::Future<Output = Result<S, r2r::Error>>,
+    {
+        let fut = fut.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ProcessControl for RosProcesses {
+    async fn launch(&self, system_prompt: String, robots: Vec<String>) -> Result<String, String> {
+        self.wait_for_server().await?;
+        let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
+        let sent = self.launch.send_goal_request(goal);
+        match self.request(sent).await {
+            Ok((handle, result, mut feedback)) => {
+                let id = worker_id_for_goal(handle.uuid.as_bytes());
+                // Drain feedback and the result: the outcome comes back as a WorkerCallback event.
+                let wid = id.clone();
+                tokio::spawn(async move {
+                    let drain = async { while feedback.next().await.is_some() {} };
+                    let (_, r) = tokio::join!(drain, result);
+                    tracing::debug!(worker_id = %wid, result = ?r.map(|(s, r)| (s, r.success)), "goal finished");
+                });
+                Ok(id)
+            }
+            Err(e) if e.contains("REJECTED") => {
+                let why = match self.list().await {
+                    Ok(rows) => format!("{} processes running", rows.iter().filter(|r| r.state == "running" || r.state == "starting").count()),
+                    Err(_) => "unknown load".into(),
+                };
+                Err(format!("the process manager rejected the goal (concurrency limit or unknown robot; {why})"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ProcessRow>, String> {
+        let req = ListProcesses::Request { include_ended: true };
+        let resp = self.request(self.list.request(&req)).await?;
+        Ok(resp
+            .processes
+            .into_iter()
+            .map(|p| ProcessRow {
+                worker_id: p.worker_id,
+                state: p.state,
+                system_prompt: p.system_prompt,
+                robots: p.robots,
+                step: p.step,
+                last_tool: p.last_tool,
+            })
+            .collect())
+    }
+
+    async fn terminate(&self, worker_id: String, force: bool) -> Result<String, String> {
+        let req = TerminateProcess::Request { worker_id, force };
+        let resp = self.request(self.terminate.request(&req)).await?;
+        if resp.ok {
+            Ok(resp.message)
+        } else {
+            Err(resp.message)
+        }
+    }
+}
+
+/// Keep the reachable robots in `tx`, re-checking every `period`.
+async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Duration) {
+    loop {
+        let mut up = Vec::new();
+        for r in &all {
+            if robots::reachable(&r.url, Duration::from_millis(500)).await {
+                up.push(r.clone());
+            }
+        }
+        if *tx.borrow() != up {
+            let names: Vec<&str> = up.iter().map(|r| r.name.as_str()).collect();
+            let down: Vec<&str> = all.iter().filter(|r| !up.contains(r)).map(|r| r.name.as_str()).collect();
+            tracing::info!(reachable = ?names, unreachable = ?down, "robots");
+            tx.send_replace(up);
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+fn refuse(updates: &Publisher<Update>, event: &Event, why: &str) {
+    let text = format!("refused {}: {why}", crate::llm::truncate(&event.text, 200));
+    tracing::warn!("{text}");
+    publish_update(updates, "system", &text);
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let ctx = r2r::Context::create()?;
+    let mut node = Node::create(ctx, "kernel", "/rosa")?;
+    let params: KernelParams = ros::load_config(&mut node)?;
+
+    let template_path = config::resolve_config_path(&params.prompt_file);
+    let template = config::read_text(&template_path)?;
+    let registry_path = config::resolve_config_path(&params.robots_file);
+    let registry = match Registry::load(&registry_path) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "no robots registry: the kernel will have no robots");
+            Registry::default()
+        }
+    };
+
+    let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(100))?;
+    let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(100))?;
+    let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
+    let mut chats = node.create_service::<Chat::Service>("/rosa/chat", QosProfile::services_default())?;
+    let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::reliable(100))?;
+    let updates = node.create_publisher::<Update>("/rosa/updates", ros::reliable(100))?;
+    let processes = RosProcesses {
+        launch: node.create_action_client::<LaunchProcess::Action>("/rosa/launch_process")?,
+        list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
+        terminate: node.create_client::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?,
+        server_seen: Arc::new(AtomicBool::new(false)),
+        timeout: Duration::from_secs_f64(params.process_manager_timeout_sec.max(0.1)),
+    };
+    let spinner = Spinner::start(node, Duration::from_millis(10));
+
+    let model = Arc::new(OpenAiChat::new(&params.llm)?);
+    {
+        let model = model.clone();
+        tokio::spawn(async move {
+            match model.probe().await {
+                Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
+                None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+            }
+        });
+    }
+
+    let (robots_tx, robots_rx) = watch::channel(Vec::new());
+    tokio::spawn(watch_robots(
+        registry.robots.clone(),
+        robots_tx,
+        Duration::from_secs_f64(params.reachability_period_sec.max(0.5)),
+    ));
+
+    let (queue, rx) = EventQueue::new(params.queue_size as usize);
+    let forward = |stream: futures::stream::BoxStream<'static, Event>| {
+        let queue = queue.clone();
+        let updates = updates.clone();
+        tokio::spawn(stream.for_each(move |e| {
+            if let Err((e, why)) = queue.push(e) {
+                refuse(&updates, &e, &why);
+            }
+            futures::future::ready(())
+        }))
+    };
+    forward(commands.map(|m| Event::command(&m.data)).boxed());
+    forward(transcripts.map(|m| Event::transcript(&m.text)).boxed());
+    forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
+    {
+        let queue = queue.clone();
+        let updates = updates.clone();
+        tokio::spawn(async move {
+            while let Some(req) = chats.next().await {
+                let (event, reply) = Event::chat(&req.message.prompt);
+                if let Err((e, why)) = queue.push(event) {
+                    refuse(&updates, &e, &why);
+                    let _ = req.respond(Chat::Response { success: false, reply: why });
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let resp = match reply.await {
+                        Ok(Ok(text)) => Chat::Response { success: true, reply: text },
+                        Ok(Err(e)) => Chat::Response { success: false, reply: e },
+                        Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
+                    };
+                    if let Err(e) = req.respond(resp) {
+                        tracing::warn!(error = %e, "cannot answer /rosa/chat");
+                    }
+                });
+            }
+        });
+    }
+
+    let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
+    let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
+    let kernel = Kernel::new(agent, tools, template);
+    let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
+    tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), "kernel ready");
+
+    tokio::select! {
+        _ = kernel.run(rx, out) => {},
+        _ = ros::shutdown_signal() => tracing::info!("kernel shutting down"),
+    }
+    spinner.stop();
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! The `process_manager` node: the `/rosa/launch_process` action server and the process table.
+
+use crate::config::{self, LlmConfig};
+use crate::process::{self, ProcessTable, Row, State, WorkerReport, WorkerSpec};
+use crate::robots::Registry;
+use crate::ros::{self, Spinner};
+use crate::worker::compose_system_prompt;
+use futures::StreamExt;
+use r2r::rosa_interfaces::action::LaunchProcess;
+use r2r::rosa_interfaces::msg::{ProcessInfo, ProcessTable as ProcessTableMsg, WorkerCallback};
+use r2r::rosa_interfaces::srv::{ListProcesses, TerminateProcess};
+use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher, QosProfile};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+
+/// Parameters of the process manager (see `config/rosa.yaml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessManagerParams {
+    /// Handed to every worker.
+    pub llm: LlmConfig,
+    pub robots_file: String,
+    /// Rules every worker gets at the top of its system prompt.
+    pub worker_prompt_file: String,
+    /// Concurrent workers at most; goals beyond are rejected.
+    pub max_processes: u64,
+    /// Default per-process timeout, seconds (a goal's timeout_sec overrides it).
+    pub timeout_sec: f64,
+    /// Default LLM calls per worker (a goal's max_steps overrides it).
+    pub max_steps: u32,
+    /// SIGTERM → SIGKILL grace period, seconds.
+    pub grace_sec: f64,
+    /// Ended processes kept in the table.
+    pub keep_ended: u64,
+    /// Per tool call timeout in workers, seconds.
+    pub tool_timeout_sec: f64,
+    /// The worker executable ("" = `worker` next to this executable).
+    pub worker_executable: String,
+}
+
+impl Default for ProcessManagerParams {
+    fn default() -> Self {
+        Self {
+            llm: LlmConfig::default(),
+            robots_file: "robots.yaml".into(),
+            worker_prompt_file: "prompts/worker.txt".into(),
+            max_processes: 4,
+            timeout_sec: 300.0,
+            max_steps: 20,
+            grace_sec: 3.0,
+            keep_ended: 20,
+            tool_timeout_sec: 60.0,
+            worker_executable: String::new(),
+        }
+    }
+}
+
+/// A terminate request for a running goal: force, and where to say how it ended.
+type TerminateRequest = (bool, oneshot::Sender<String>);
+
+struct Shared {
+    table: ProcessTable,
+    terminators: HashMap<String, mpsc::Sender<TerminateRequest>>,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Mutex<Shared>>,
+    table_pub: Publisher<ProcessTableMsg>,
+    callback_pub: Publisher<WorkerCallback>,
+    params: Arc<ProcessManagerParams>,
+    registry: Arc<Registry>,
+    rules: Arc<String>,
+    worker_exe: Arc<PathBuf>,
+}
+
+fn info(r: &Row) -> ProcessInfo {
+    ProcessInfo {
+        worker_id: r.worker_id.clone(),
+        pid: r.pid,
+        state: r.state.as_str().into(),
+        system_prompt: r.system_prompt.clone(),
+        robots: r.robots.clone(),
+        step: r.step,
+        last_tool: r.last_tool.clone(),
+        started: ros::stamp(r.started),
+    }
+}
+
+impl Ctx {
+    fn with_table<T>(&self, f: impl FnOnce(&mut ProcessTable) -> T) -> T {
+        let out = {
+            let mut s = self.shared.lock().expect("table lock");
+            f(&mut s.table)
+        };
+        self.publish_table();
+        out
+    }
+
+    fn publish_table(&self) {
+        let msg = {
+            let s = self.shared.lock().expect("table lock");
+            ProcessTableMsg {
+                stamp: ros::now(),
+                max_processes: s.table.max_processes as u32,
+                processes: s.table.snapshot(true).iter().map(info).collect(),
+            }
+        };
+        if let Err(e) = self.table_pub.publish(&msg) {
+            tracing::error!(error = %e, "cannot publish /rosa/processes");
+        }
+    }
+
+    fn publish_callback(&self, worker_id: &str, done: bool, message: &str) {
+        let msg = WorkerCallback {
+            worker_id: worker_id.into(),
+            message: message.into(),
+            done,
+            final_: true,
+            stamp: ros::now(),
+        };
+        if let Err(e) = self.callback_pub.publish(&msg) {
+            tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
+        }
+    }
+
+    /// Admit or reject a goal request; on accept, run it in its own task.
+    fn on_goal_request(&self, req: ActionServerGoalRequest<LaunchProcess::Action>) {
+        let worker_id = process::worker_id_for_goal(req.uuid.as_bytes());
+        let unknown: Vec<&String> = req.goal.robots.iter().filter(|r| self.registry.get(r).is_none()).collect();
+        let refusal = if !unknown.is_empty() {
+            Some(format!("unknown robot(s) {unknown:?}; the registry has {:?}", self.registry.names()))
+        } else {
+            self.shared.lock().expect("table lock").table.admit().err()
+        };
+        if let Some(why) = refusal {
+            tracing::warn!(%worker_id, "rejecting goal: {why}");
+            if let Err(e) = req.reject() {
+                tracing::error!(error = %e, "cannot reject goal");
+            }
+            return;
+        }
+        let goal = req.goal.clone();
+        let (handle, cancel) = match req.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot accept goal");
+                return;
+            }
+        };
+        let (term_tx, term_rx) = mpsc::channel(4);
+        {
+            let mut s = self.shared.lock().expect("table lock");
+            s.table.insert(Row {
+                worker_id: worker_id.clone(),
+                pid: 0,
+                state: State::Starting,
+                system_prompt: goal.system_prompt.clone(),
+                robots: goal.robots.clone(),
+                step: 0,
+                last_tool: String::new(),
+                started: SystemTime::now(),
+            });
+            s.terminators.insert(worker_id.clone(), term_tx);
+        }
+        self.publish_table();
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            ctx.run_goal(worker_id, goal, handle, cancel, term_rx).await;
+        });
+    }
+
+    fn spec(&self, worker_id: &str, goal: &LaunchProcess::Goal) -> WorkerSpec {
+        let robots: Vec<_> = goal.robots.iter().filter_map(|n| self.registry.get(n)).collect();
+        WorkerSpec {
+            worker_id: worker_id.into(),
+            system_prompt: compose_system_prompt(&self.rules, &robots, &goal.system_prompt),
+            robots: robots.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
+            max_steps: if goal.max_steps > 0 { goal.max_steps } else { self.params.max_steps },
+            tool_timeout_sec: self.params.tool_timeout_sec,
+            llm: self.params.llm.clone(),
+        }
+    }
+
+    async fn run_goal(
+        self,
+        worker_id: String,
+        goal: LaunchProcess::Goal,
+        mut handle: ActionServerGoal<LaunchProcess::Action>,
+        mut cancel: impl futures::Stream<Item = r2r::ActionServerCancelRequest> + Unpin,
+        mut term_rx: mpsc::Receiver<TerminateRequest>,
+    ) {
+        let timeout = if goal.timeout_sec > 0.0 { goal.timeout_sec } else { self.params.timeout_sec };
+        let grace = Duration::from_secs_f64(self.params.grace_sec.max(0.0));
+        let spec = self.spec(&worker_id, &goal);
+
+        enum End {
+            Exited(Option<std::process::ExitStatus>),
+            Cancelled(Option<std::process::ExitStatus>),
+            Terminated(Option<std::process::ExitStatus>, oneshot::Sender<String>),
+            TimedOut(Option<std::process::ExitStatus>),
+            SpawnFailed(String),
+        }
+        let mut final_report: Option<(bool, String)> = None;
+        let end = match process::spawn_worker(&self.worker_exe, &[], &spec).await {
+            Err(e) => End::SpawnFailed(e.to_string()),
+            Ok(mut w) => {
+                tracing::info!(%worker_id, pid = w.pid, robots = ?goal.robots, "worker started");
+                self.with_table(|t| t.update(&worker_id, |r| r.pid = w.pid));
+                feedback(&handle, &worker_id, "starting", 0, "");
+                let deadline = tokio::time::sleep(Duration::from_secs_f64(timeout.max(0.1)));
+                tokio::pin!(deadline);
+                let mut cancel_open = true;
+                let mut stdout_open = true;
+                loop {
+                    tokio::select! {
+                        line = w.reports.next_line(), if stdout_open => match line {
+                            Ok(Some(line)) => match serde_json::from_str::<WorkerReport>(&line) {
+                                Ok(WorkerReport::Running { .. }) => {
+                                    self.with_table(|t| t.update(&worker_id, |r| r.state = State::Running));
+                                    feedback(&handle, &worker_id, "running", 0, "");
+                                }
+                                Ok(WorkerReport::Step { step, tool }) => {
+                                    let tool = tool.unwrap_or_default();
+                                    let (step, last) = self.with_table(|t| {
+                                        let mut out = (step, String::new());
+                                        t.update(&worker_id, |r| {
+                                            r.step = step;
+                                            if !tool.is_empty() { r.last_tool = tool.clone(); }
+                                            out = (r.step, r.last_tool.clone());
+                                        });
+                                        out
+                                    });
+                                    feedback(&handle, &worker_id, "running", step, &last);
+                                }
+                                Ok(WorkerReport::Final { done, message }) => final_report = Some((done, message)),
+                                Err(_) => tracing::debug!(%worker_id, %line, "non-report output from worker"),
+                            },
+                            // stdout closed: the worker is exiting.
+                            _ => stdout_open = false,
+                        },
+                        status = w.child.wait(), if !stdout_open => break End::Exited(status.ok()),
+                        c = cancel.next(), if cancel_open => match c {
+                            Some(c) => {
+                                c.accept();
+                                let s = process::terminate(&mut w.child, w.pid, false, grace).await;
+                                break End::Cancelled(s);
+                            }
+                            None => cancel_open = false,
+                        },
+                        t = term_rx.recv() => if let Some((force, reply)) = t {
+                            let s = process::terminate(&mut w.child, w.pid, force, grace).await;
+                            break End::Terminated(s, reply);
+                        },
+                        _ = &mut deadline => {
+                            let s = process::terminate(&mut w.child, w.pid, false, grace).await;
+                            break End::TimedOut(s);
+                        }
+                    }
+                }
+            }
+        };
+
+        // What happened, and whether the kernel still needs to hear about it.
+        let (state, success, message, needs_callback) = match end {
+            End::SpawnFailed(e) => (State::Failed, false, e, true),
+            End::Exited(status) => match final_report.take() {
+                Some((true, m)) => (State::Succeeded, true, m, false),
+                Some((false, m)) => (State::Failed, false, m, false),
+                None => (
+                    State::Failed,
+                    false,
+                    format!("worker {worker_id} crashed before reporting ({})", process::describe_exit(status)),
+                    true,
+                ),
+            },
+            End::Cancelled(s) => (
+                State::Terminated,
+                false,
+                format!("worker {worker_id} was terminated: its goal was cancelled ({})", process::describe_exit(s)),
+                true,
+            ),
+            End::Terminated(s, reply) => {
+                let m = format!("worker {worker_id} was terminated on request ({})", process::describe_exit(s));
+                let _ = reply.send(m.clone());
+                (State::Terminated, false, m, true)
+            }
+            End::TimedOut(s) => (
+                State::TimedOut,
+                false,
+                format!("worker {worker_id} timed out after {timeout:.0} s ({})", process::describe_exit(s)),
+                true,
+            ),
+        };
+        tracing::info!(%worker_id, state = state.as_str(), %message, "worker ended");
+        if needs_callback {
+            self.publish_callback(&worker_id, false, &message);
+        }
+        {
+            let mut s = self.shared.lock().expect("table lock");
+            s.terminators.remove(&worker_id);
+            s.table.finish(&worker_id, state);
+        }
+        self.publish_table();
+        let result = LaunchProcess::Result { worker_id: worker_id.clone(), success, message };
+        let sent = match state {
+            State::Succeeded => handle.succeed(result),
+            State::Terminated if cancel_requested(&handle) => handle.cancel(result),
+            _ => handle.abort(result),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(%worker_id, error = %e, "cannot send goal result");
+        }
+    }
+}
+
+fn feedback(handle: &ActionServerGoal<LaunchProcess::Action>, worker_id: &str, state: &str, step: u32, tool: &str) {
+    let fb = LaunchProcess::Feedback { worker_id: worker_id.into(), state: state.into(), step, last_tool: tool.into() };
+    if let Err(e) = handle.publish_feedback(fb) {
+        tracing::debug!(error = %e, "feedback");
+    }
+}
+
+fn cancel_requested(handle: &ActionServerGoal<LaunchProcess::Action>) -> bool {
+    handle.is_cancelling().unwrap_or(false)
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let ctx = r2r::Context::create()?;
+    let mut node = Node::create(ctx, "process_manager", "/rosa")?;
+    let params: ProcessManagerParams = ros::load_config(&mut node)?;
+
+    let registry_path = config::resolve_config_path(&params.robots_file);
+    let registry = Registry::load(&registry_path).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "no robots registry: every goal naming a robot will be rejected");
+        Registry::default()
+    });
+    let rules = config::read_text(&config::resolve_config_path(&params.worker_prompt_file))?;
+    let worker_exe = if params.worker_executable.is_empty() {
+        std::env::current_exe()?.with_file_name("worker")
+    } else {
+        PathBuf::from(&params.worker_executable)
+    };
+    if !worker_exe.exists() {
+        anyhow::bail!("worker executable {} does not exist (parameter worker_executable)", worker_exe.display());
+    }
+
+    let mut goals = node.create_action_server::<LaunchProcess::Action>("/rosa/launch_process")?;
+    let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?;
+    let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?;
+    let table_pub = node.create_publisher::<ProcessTableMsg>("/rosa/processes", ros::latched())?;
+    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
+    let spinner = Spinner::start(node, Duration::from_millis(10));
+
+    let ctx = Ctx {
+        shared: Arc::new(Mutex::new(Shared {
+            table: ProcessTable::new(params.max_processes as usize, params.keep_ended as usize),
+            terminators: HashMap::new(),
+        })),
+        table_pub,
+        callback_pub,
+        params: Arc::new(params),
+        registry: Arc::new(registry),
+        rules: Arc::new(rules),
+        worker_exe: Arc::new(worker_exe),
+    };
+    ctx.publish_table();
+
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(req) = goals.next().await {
+                ctx.on_goal_request(req);
+            }
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(req) = lists.next().await {
+                let resp = {
+                    let s = ctx.shared.lock().expect("table lock");
+                    ListProcesses::Response {
+                        max_processes: s.table.max_processes as u32,
+                        processes: s.table.snapshot(req.message.include_ended).iter().map(info).collect(),
+                    }
+                };
+                if let Err(e) = req.respond(resp) {
+                    tracing::warn!(error = %e, "cannot answer /rosa/list_processes");
+                }
+            }
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(req) = terms.next().await {
+                let id = req.message.worker_id.trim().to_string();
+                let sender = ctx.shared.lock().expect("table lock").terminators.get(&id).cloned();
+                let Some(sender) = sender else {
+                    let _ = req.respond(TerminateProcess::Response { ok: false, message: format!("no running process `{id}`") });
+                    continue;
+                };
+                let (tx, rx) = oneshot::channel();
+                if sender.send((req.message.force, tx)).await.is_err() {
+                    let _ = req.respond(TerminateProcess::Response { ok: false, message: format!("process `{id}` has already ended") });
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let resp = match rx.await {
+                        Ok(m) => TerminateProcess::Response { ok: true, message: m },
+                        Err(_) => TerminateProcess::Response { ok: false, message: format!("process `{id}` ended on its own") },
+                    };
+                    let _ = req.respond(resp);
+                });
+            }
+        });
+    }
+
+    tracing::info!(max_processes = ctx.params.max_processes, worker = %ctx.worker_exe.display(), "process manager ready");
+    ros::shutdown_signal().await;
+    tracing::info!("process manager shutting down: terminating workers");
+    let senders: Vec<_> = ctx.shared.lock().expect("table lock").terminators.values().cloned().collect();
+    let mut waits = Vec::new();
+    for s in senders {
+        let (tx, rx) = oneshot::channel();
+        if s.send((false, tx)).await.is_ok() {
+            waits.push(rx);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs_f64(ctx.params.grace_sec + 2.0), futures::future::join_all(waits)).await;
+    spinner.stop();
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Processes: the process table, the worker protocol, and spawning/terminating worker OS processes.
+//!
+//! A worker is started as its own process group, given its [`WorkerSpec`] as one JSON document on
+//! stdin, and reports progress as JSON lines ([`WorkerReport`]) on stdout; its logs go to stderr.
+//! Termination escalates SIGTERM → SIGKILL after a grace period, and the child is always reaped.
+
+use crate::config::LlmConfig;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// Everything a worker needs, sent on its stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub worker_id: String,
+    /// The complete system prompt (worker rules, robot prompts, the task).
+    pub system_prompt: String,
+    /// (robot name, MCP URL)
+    pub robots: Vec<(String, String)>,
+    pub max_steps: u32,
+    pub tool_timeout_sec: f64,
+    pub llm: LlmConfig,
+}
+
+/// A worker's progress, one JSON line each on its stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerReport {
+    /// Connected to its robots; about to call the model.
+    Running { tools: Vec<String> },
+    /// Agent step `step`; `tool` set once a tool was called in it.
+    Step { step: u32, tool: Option<String> },
+    /// The outcome, sent (and published as a WorkerCallback) just before exiting.
+    Final { done: bool, message: String },
+}
+
+impl WorkerReport {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The id of the worker for an action goal: "w" + the first 8 hex digits of the goal UUID.
+pub fn worker_id_for_goal(uuid: &[u8]) -> String {
+    let hex: String = uuid.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("w{hex}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+    Terminated,
+    TimedOut,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Terminated => "terminated",
+            State::TimedOut => "timed_out",
+        }
+    }
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Starting | State::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub worker_id: String,
+    pub pid: i32,
+    pub state: State,
+    pub system_prompt: String,
+    pub robots: Vec<String>,
+    pub step: u32,
+    pub last_tool: String,
+    pub started: SystemTime,
+}
+
+/// The process table: live rows plus the most recent ended ones.
+#[derive(Debug, Clone)]
+pub struct ProcessTable {
+    pub max_processes: usize,
+    keep_ended: usize,
+    rows: Vec<Row>,
+}
+
+impl ProcessTable {
+    pub fn new(max_processes: usize, keep_ended: usize) -> Self {
+        Self { max_processes, keep_ended, rows: Vec::new() }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.rows.iter().filter(|r| r.state.is_live()).count()
+    }
+
+    /// May one more process start? Otherwise the reason.
+    pub fn admit(&self) -> Result<(), String> {
+        let live = self.live_count();
+        if live >= self.max_processes {
+            Err(format!("{live} processes are running, the limit is max_processes={}", self.max_processes))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn insert(&mut self, row: Row) {
+        self.rows.retain(|r| r.worker_id != row.worker_id);
+        self.rows.push(row);
+    }
+
+    pub fn get(&self, worker_id: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.worker_id == worker_id)
+    }
+
+    /// Change a row; returns false when there is no such row.
+    pub fn update(&mut self, worker_id: &str, f: impl FnOnce(&mut Row)) -> bool {
+        match self.rows.iter_mut().find(|r| r.worker_id == worker_id) {
+            Some(r) => {
+                f(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Mark a row ended and forget the oldest ended rows beyond `keep_ended`.
+    pub fn finish(&mut self, worker_id: &str, state: State) {
+        self.update(worker_id, |r| {
+            r.state = state;
+            r.pid = 0;
+        });
+        let ended: Vec<String> = self.rows.iter().filter(|r| !r.state.is_live()).map(|r| r.worker_id.clone()).collect();
+        if ended.len() > self.keep_ended {
+            let drop: Vec<String> = ended[..ended.len() - self.keep_ended].to_vec();
+            self.rows.retain(|r| !drop.contains(&r.worker_id));
+        }
+    }
+
+    /// Live rows first (oldest first), then ended ones (most recent last).
+    pub fn snapshot(&self, include_ended: bool) -> Vec<Row> {
+        let mut out: Vec<Row> = self.rows.iter().filter(|r| r.state.is_live()).cloned().collect();
+        if include_ended {
+            out.extend(self.rows.iter().filter(|r| !r.state.is_live()).cloned());
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    #[error("cannot start worker {exe}: {source}")]
+    Start { exe: String, source: std::io::Error },
+    #[error("cannot hand the spec to worker: {0}")]
+    Spec(std::io::Error),
+}
+
+/// A running worker OS process.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub pid: i32,
+    pub reports: Lines<BufReader<ChildStdout>>,
+}
+
+/// Start `exe` as a process-group leader with `args`, write `spec` to its stdin and close it.
+/// The discovery settings (`ROS_DOMAIN_ID`, `ROS_AUTOMATIC_DISCOVERY_RANGE`, `ROS_LOCALHOST_ONLY`)
+/// are passed on explicitly.
+pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Result<WorkerProcess, SpawnError> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .kill_on_drop(true);
+    for var in ["ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION"] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Start { exe: exe.display().to_string(), source })?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut doc = serde_json::to_vec(spec).map_err(|e| SpawnError::Spec(e.into()))?;
+    doc.push(b'\n');
+    if let Err(e) = stdin.write_all(&doc).await {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(SpawnError::Spec(e));
+    }
+    drop(stdin);
+    Ok(WorkerProcess { child, pid, reports: BufReader::new(stdout).lines() })
+}
+
+/// Signal the worker's whole process group.
+pub fn signal_group(pid: i32, signal: Signal) {
+    if pid > 0 {
+        if let Err(e) = killpg(Pid::from_raw(pid), signal) {
+            tracing::debug!(pid, ?signal, error = %e, "killpg");
+        }
+    }
+}
+
+/// Stop a worker: SIGTERM (unless `force`), then SIGKILL after `grace`; always reaps it.
+pub async fn terminate(child: &mut Child, pid: i32, force: bool, grace: Duration) -> Option<ExitStatus> {
+    if !force {
+        signal_group(pid, Signal::SIGTERM);
+        if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+            return Some(status);
+        }
+        tracing::warn!(pid, "worker ignored SIGTERM for {:.1} s, killing it", grace.as_secs_f64());
+    }
+    signal_group(pid, Signal::SIGKILL);
+    child.wait().await.ok()
+}
+
+/// A readable exit description, e.g. "exit code 3" or "killed by SIGKILL".
+pub fn describe_exit(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "unknown exit status".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(sig)) => match Signal::try_from(sig) {
+                Ok(sig) => format!("killed by {sig}"),
+                Err(_) => format!("killed by signal {sig}"),
+            },
+            _ => "unknown exit status".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str) -> Row {
+        Row {
+            worker_id: id.into(),
+            pid: 1,
+            state: State::Running,
+            system_prompt: "t".into(),
+            robots: vec![],
+            step: 0,
+            last_tool: String::new(),
+            started: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn worker_ids_come_from_the_goal_uuid() {
+        assert_eq!(worker_id_for_goal(&[0xde, 0xad, 0xbe, 0xef, 1, 2]), "wdeadbeef");
+    }
+
+    #[test]
+    fn admission_follows_the_limit_and_ended_rows_are_bounded() {
+        let mut t = ProcessTable::new(2, 3);
+        t.insert(row("a"));
+        t.insert(row("b"));
+        assert!(t.admit().unwrap_err().contains("max_processes=2"));
+        t.finish("a", State::Succeeded);
+        assert!(t.admit().is_ok());
+        for i in 0..10 {
+            let id = format!("x{i}");
+            t.insert(row(&id));
+            t.finish(&id, State::Failed);
+        }
+        assert_eq!(t.snapshot(true).len(), 4, "1 live + 3 ended");
+        assert_eq!(t.snapshot(false).len(), 1);
+        assert_eq!(t.snapshot(true).last().unwrap().worker_id, "x9");
+        assert_eq!(t.get("x9").unwrap().pid, 0);
+    }
+
+    #[test]
+    fn reports_round_trip_as_json_lines() {
+        let r = WorkerReport::Final { done: true, message: "ok".into() };
+        let line = r.to_line();
+        assert_eq!(line, r#"{"event":"final","done":true,"message":"ok"}"#);
+        assert_eq!(serde_json::from_str::<WorkerReport>(&line).unwrap(), r);
+    }
+
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            worker_id: "w1".into(),
+            system_prompt: "s".into(),
+            robots: vec![],
+            max_steps: 1,
+            tool_timeout_sec: 1.0,
+            llm: LlmConfig::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn spawn_reads_reports_and_terminate_escalates_to_sigkill() {
+        // A "worker" that echoes its spec's id, then ignores SIGTERM.
+        let script = r#"read spec; echo "{\"event\":\"running\",\"tools\":[]}"; trap '' TERM; sleep 30"#;
+        let mut w = spawn_worker(Path::new("/bin/sh"), &["-c".into(), script.into()], &spec()).await.unwrap();
+        let line = w.reports.next_line().await.unwrap().unwrap();
+        assert_eq!(serde_json::from_str::<WorkerReport>(&line).unwrap(), WorkerReport::Running { tools: vec![] });
+        let t0 = std::time::Instant::now();
+        let status = terminate(&mut w.child, w.pid, false, Duration::from_millis(300)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert_eq!(describe_exit(status), "killed by SIGKILL");
+    }
+
+    #[tokio::test]
+    async fn sigterm_is_enough_for_a_cooperative_worker() {
+        let mut w = spawn_worker(Path::new("/bin/sh"), &["-c".into(), "read spec; exec sleep 30".into()], &spec()).await.unwrap();
+        let status = terminate(&mut w.child, w.pid, false, Duration::from_secs(5)).await;
+        assert_eq!(describe_exit(status), "killed by SIGTERM");
+    }
+
+    #[tokio::test]
+    async fn a_missing_executable_is_a_clear_error() {
+        let err = spawn_worker(Path::new("/nonexistent/worker"), &[], &spec()).await.err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/worker"));
+    }
+}
