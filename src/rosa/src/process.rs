@@ -187,6 +187,15 @@ pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Res
         .stderr(Stdio::inherit())
         .process_group(0)
         .kill_on_drop(true);
+    // The parent's DDS sockets are not close-on-exec: a worker inheriting them would swallow
+    // datagrams meant for the process manager. Close every inherited descriptor above stdio.
+    // SAFETY: close_range is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
     for var in ["ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION"] {
         if let Ok(v) = std::env::var(var) {
             cmd.env(var, v);
@@ -308,7 +317,7 @@ mod tests {
     #[tokio::test]
     async fn spawn_reads_reports_and_terminate_escalates_to_sigkill() {
         // A "worker" that echoes its spec's id, then ignores SIGTERM.
-        let script = r#"read spec; echo "{\"event\":\"running\",\"tools\":[]}"; trap '' TERM; sleep 30"#;
+        let script = r#"trap '' TERM; read spec; echo "{\"event\":\"running\",\"tools\":[]}"; sleep 30"#;
         let mut w = spawn_worker(Path::new("/bin/sh"), &["-c".into(), script.into()], &spec()).await.unwrap();
         let line = w.reports.next_line().await.unwrap().unwrap();
         assert_eq!(serde_json::from_str::<WorkerReport>(&line).unwrap(), WorkerReport::Running { tools: vec![] });

@@ -7,7 +7,7 @@ use crate::ros::{self, Spinner};
 use crate::worker::compose_system_prompt;
 use futures::StreamExt;
 use r2r::rosa_interfaces::action::LaunchProcess;
-use r2r::rosa_interfaces::msg::{ProcessInfo, ProcessTable as ProcessTableMsg, WorkerCallback};
+use r2r::rosa_interfaces::msg::{ProcessInfo, ProcessTable as ProcessTableMsg, Update, WorkerCallback};
 use r2r::rosa_interfaces::srv::{ListProcesses, TerminateProcess};
 use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher, QosProfile};
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,7 @@ struct Ctx {
     shared: Arc<Mutex<Shared>>,
     table_pub: Publisher<ProcessTableMsg>,
     callback_pub: Publisher<WorkerCallback>,
+    update_pub: Publisher<Update>,
     params: Arc<ProcessManagerParams>,
     registry: Arc<Registry>,
     rules: Arc<String>,
@@ -115,16 +116,19 @@ impl Ctx {
         }
     }
 
-    fn publish_callback(&self, worker_id: &str, done: bool, message: &str) {
-        let msg = WorkerCallback {
-            worker_id: worker_id.into(),
-            message: message.into(),
-            done,
-            final_: true,
-            stamp: ros::now(),
-        };
-        if let Err(e) = self.callback_pub.publish(&msg) {
+    /// Publish a worker's outcome: the final `WorkerCallback` (what the kernel consumes) and an
+    /// `Update` for the user. The worker hands its report over stdout and the process manager
+    /// publishes it: a DDS writer in a process that lives 50 ms is not matched by every subscriber
+    /// in time, while this node's writer is, so every subscriber (kernel, UI, rosbag) gets it once.
+    fn publish_outcome(&self, worker_id: &str, done: bool, message: &str, role: &str) {
+        let stamp = ros::now();
+        let cb = WorkerCallback { worker_id: worker_id.into(), message: message.into(), done, final_: true, stamp: stamp.clone() };
+        if let Err(e) = self.callback_pub.publish(&cb) {
             tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
+        }
+        let up = Update { role: role.into(), text: message.into(), worker_id: worker_id.into(), stamp };
+        if let Err(e) = self.update_pub.publish(&up) {
+            tracing::error!(error = %e, "cannot publish /rosa/updates");
         }
     }
 
@@ -237,7 +241,11 @@ impl Ctx {
                                     });
                                     feedback(&handle, &worker_id, "running", step, &last);
                                 }
-                                Ok(WorkerReport::Final { done, message }) => final_report = Some((done, message)),
+                                Ok(WorkerReport::Final { done, message }) => {
+                                    // Published at once: the kernel need not wait for the exit.
+                                    self.publish_outcome(&worker_id, done, &message, "worker");
+                                    final_report = Some((done, message));
+                                }
                                 Err(_) => tracing::debug!(%worker_id, %line, "non-report output from worker"),
                             },
                             // stdout closed: the worker is exiting.
@@ -266,6 +274,7 @@ impl Ctx {
         };
 
         // What happened, and whether the kernel still needs to hear about it.
+        let reported = final_report.is_some();
         let (state, success, message, needs_callback) = match end {
             End::SpawnFailed(e) => (State::Failed, false, e, true),
             End::Exited(status) => match final_report.take() {
@@ -282,23 +291,23 @@ impl Ctx {
                 State::Terminated,
                 false,
                 format!("worker {worker_id} was terminated: its goal was cancelled ({})", process::describe_exit(s)),
-                true,
+                !reported,
             ),
             End::Terminated(s, reply) => {
                 let m = format!("worker {worker_id} was terminated on request ({})", process::describe_exit(s));
                 let _ = reply.send(m.clone());
-                (State::Terminated, false, m, true)
+                (State::Terminated, false, m, !reported)
             }
             End::TimedOut(s) => (
                 State::TimedOut,
                 false,
                 format!("worker {worker_id} timed out after {timeout:.0} s ({})", process::describe_exit(s)),
-                true,
+                !reported,
             ),
         };
         tracing::info!(%worker_id, state = state.as_str(), %message, "worker ended");
         if needs_callback {
-            self.publish_callback(&worker_id, false, &message);
+            self.publish_outcome(&worker_id, false, &message, "system");
         }
         {
             let mut s = self.shared.lock().expect("table lock");
@@ -354,6 +363,7 @@ pub async fn run() -> anyhow::Result<()> {
     let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?;
     let table_pub = node.create_publisher::<ProcessTableMsg>("/rosa/processes", ros::latched())?;
     let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
+    let update_pub = node.create_publisher::<Update>("/rosa/updates", ros::reliable(100))?;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let ctx = Ctx {
@@ -363,6 +373,7 @@ pub async fn run() -> anyhow::Result<()> {
         })),
         table_pub,
         callback_pub,
+        update_pub,
         params: Arc::new(params),
         registry: Arc::new(registry),
         rules: Arc::new(rules),
