@@ -44,6 +44,8 @@ pub trait ToolBox: Send + Sync {
 pub enum AgentEvent {
     /// The model is being called for step `step` (1-based).
     Step { step: u32 },
+    /// A tool is about to be called.
+    ToolStarted { step: u32, tool: String },
     ToolCalled { step: u32, tool: String, output: ToolOutput },
 }
 
@@ -197,6 +199,7 @@ impl<M: ChatModel + ?Sized> Agent<M> {
                 return Ok(completion.content.unwrap_or_default());
             }
             for call in calls {
+                on_event(AgentEvent::ToolStarted { step, tool: call.name.clone() });
                 let output = dispatch(tools, &specs, &call).await;
                 tracing::debug!(tool = %call.name, is_error = output.is_error, "tool result");
                 self.memory.push(Message::Tool { call_id: call.id.clone(), content: output.for_model() });
@@ -311,7 +314,8 @@ mod tests {
         let out = agent.run_turn("go".into(), &tools, &mut |e| events.push(e)).await.unwrap();
         assert_eq!(out, "done");
         assert_eq!(tools.calls.lock().unwrap()[0].1["x"], json!(1));
-        assert!(matches!(&events[1], AgentEvent::ToolCalled { tool, .. } if tool == "echo"));
+        assert!(matches!(&events[1], AgentEvent::ToolStarted { tool, .. } if tool == "echo"));
+        assert!(matches!(&events[2], AgentEvent::ToolCalled { tool, .. } if tool == "echo"));
         // The second request carried the tool result after the assistant's call.
         let second = &model.seen.lock().unwrap()[1];
         assert!(matches!(&second[3], Message::Tool { content, .. } if content.starts_with("echo")));

@@ -188,11 +188,13 @@ pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Res
         .process_group(0)
         .kill_on_drop(true);
     // The parent's DDS sockets are not close-on-exec: a worker inheriting them would swallow
-    // datagrams meant for the process manager. Close every inherited descriptor above stdio.
+    // datagrams meant for the process manager. Mark every descriptor above stdio close-on-exec
+    // (closing them here would also close the pipe std uses to report a failed exec).
     // SAFETY: close_range is async-signal-safe; it runs in the child between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }

@@ -89,10 +89,16 @@ pub fn load_config<T>(node: &mut Node) -> anyhow::Result<T>
 where
     T: serde::de::DeserializeOwned + Serialize,
 {
-    let given: Vec<(String, Value)> = {
+    let mut given: Vec<(String, Value)> = {
         let params = node.params.lock().expect("params lock");
         params.iter().filter_map(|(k, p)| to_json(&p.value).map(|v| (k.clone(), v))).collect()
     };
+    // r2r merges the params file's `/**` and `/<node>` sections and the `-p` overrides in file
+    // order, so a node section could win over `-p`. Re-apply the command line: it comes last.
+    for (k, v) in cli_overrides(std::env::args()) {
+        given.retain(|(name, _)| name != &k);
+        given.push((k, v));
+    }
     // An int given for a float field ("timeout_sec: 5") is fine: serde_json accepts it.
     let config: T = crate::config::from_params(given)
         .map_err(|e| anyhow::anyhow!("node {}: {e}", node.name().unwrap_or_default()))?;
@@ -107,6 +113,32 @@ where
     let (handler, _changes) = node.make_parameter_handler()?;
     tokio::spawn(handler);
     Ok(config)
+}
+
+/// `-p name:=value` / `--param name:=value` pairs inside `--ros-args … [--]` sections; values
+/// are YAML, as for rcl. (`node:name:=value` forms are for other nodes and are skipped.)
+pub fn cli_overrides(args: impl IntoIterator<Item = String>) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut in_ros = false;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ros-args" => in_ros = true,
+            "--" => in_ros = false,
+            "-p" | "--param" if in_ros => {
+                let Some(kv) = it.next() else { break };
+                let Some((k, v)) = kv.split_once(":=") else { continue };
+                if k.contains(':') {
+                    continue;
+                }
+                if let Ok(v) = serde_yaml::from_str::<Value>(v) {
+                    out.push((k.to_string(), v));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 pub fn stamp(t: SystemTime) -> Time {
@@ -136,5 +168,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn command_line_overrides_are_parsed_as_yaml() {
+        let args = ["exe", "--ros-args", "--params-file", "f.yaml", "-p", "max_processes:=2", "-p", "llm.urls:=['http://a/v1']",
+            "--param", "name:=kernel", "-p", "other_node:x:=1", "--", "-p", "not_ros:=1"];
+        let o = cli_overrides(args.iter().map(|s| s.to_string()));
+        assert_eq!(o, vec![
+            ("max_processes".to_string(), json!(2)),
+            ("llm.urls".to_string(), json!(["http://a/v1"])),
+            ("name".to_string(), json!("kernel")),
+        ]);
+    }
+
+    #[test]
+    fn parameter_values_convert_both_ways() {
+        for v in [json!(true), json!(3), json!(2.5), json!("s"), json!(["a", "b"]), json!([1, 2]), json!([1.5, 2])] {
+            let pv = from_json(&v).unwrap();
+            let back = to_json(&pv).unwrap();
+            assert_eq!(back.as_array().map(|a| a.len()), v.as_array().map(|a| a.len()));
+        }
     }
 }

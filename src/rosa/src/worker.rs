@@ -43,7 +43,8 @@ pub async fn run<M: ChatModel + ?Sized>(
     let result = agent
         .run_turn(START_MESSAGE.to_string(), tools, &mut |e| match e {
             AgentEvent::Step { step } => report(WorkerReport::Step { step, tool: None }),
-            AgentEvent::ToolCalled { step, tool, .. } => report(WorkerReport::Step { step, tool: Some(tool) }),
+            AgentEvent::ToolStarted { step, tool } => report(WorkerReport::Step { step, tool: Some(tool) }),
+            AgentEvent::ToolCalled { .. } => {}
         })
         .await;
     let last = match result {

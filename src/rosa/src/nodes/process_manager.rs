@@ -275,6 +275,7 @@ impl Ctx {
 
         // What happened, and whether the kernel still needs to hear about it.
         let reported = final_report.is_some();
+        let cancelled = matches!(end, End::Cancelled(_));
         let (state, success, message, needs_callback) = match end {
             End::SpawnFailed(e) => (State::Failed, false, e, true),
             End::Exited(status) => match final_report.take() {
@@ -318,7 +319,18 @@ impl Ctx {
         let result = LaunchProcess::Result { worker_id: worker_id.clone(), success, message };
         let sent = match state {
             State::Succeeded => handle.succeed(result),
-            State::Terminated if cancel_requested(&handle) => handle.cancel(result),
+            _ if cancelled => {
+                // The accepted cancel request moves the goal to CANCELING in the spin thread; only
+                // from there may it become CANCELED.
+                let t0 = std::time::Instant::now();
+                while !handle.is_cancelling().unwrap_or(false) && t0.elapsed() < Duration::from_secs(2) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                handle.cancel(result.clone()).or_else(|e| {
+                    tracing::warn!(%worker_id, error = %e, "cannot mark the goal canceled, aborting it");
+                    handle.abort(result)
+                })
+            }
             _ => handle.abort(result),
         };
         if let Err(e) = sent {
@@ -334,9 +346,6 @@ fn feedback(handle: &ActionServerGoal<LaunchProcess::Action>, worker_id: &str, s
     }
 }
 
-fn cancel_requested(handle: &ActionServerGoal<LaunchProcess::Action>) -> bool {
-    handle.is_cancelling().unwrap_or(false)
-}
 
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;

@@ -1,0 +1,146 @@
+"""`./rosa up`: run the rosa graph on this machine, supervised.
+
+Every node runs as a child process with the parameters of config/rosa.yaml (plus the overrides given
+on the command line); its output goes to the terminal, prefixed with the node's name, and to
+<log dir>/<node>.log. A node that dies is restarted after a delay that grows while it keeps dying
+(like launch_ros's respawn=True). Ctrl-C (or SIGTERM) stops every node: SIGINT, then SIGKILL after
+a grace period.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"]
+RESET = "\033[0m"
+
+
+class Supervised:
+    def __init__(self, name, argv, env, log_dir, color, out_lock):
+        self.name, self.argv, self.env = name, argv, env
+        self.log = open(log_dir / f"{name}.log", "a", buffering=1)
+        self.prefix = f"{color}[{name}]{RESET} " if sys.stdout.isatty() else f"[{name}] "
+        self.out_lock = out_lock
+        self.proc = None
+        self.restarts = 0
+        self.stopping = False
+
+    def say(self, line):
+        with self.out_lock:
+            sys.stdout.write(self.prefix + line + ("\n" if not line.endswith("\n") else ""))
+            sys.stdout.flush()
+        self.log.write(line if line.endswith("\n") else line + "\n")
+
+    def start(self):
+        self.say(f"starting: {' '.join(self.argv)}")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+        self.started = time.monotonic()
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+
+    def _pump(self, proc):
+        for line in proc.stdout:
+            self.say(line)
+
+    def check(self):
+        """Restart the node if it died (with a growing delay if it keeps dying)."""
+        if self.stopping or self.proc is None or self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        lived = time.monotonic() - self.started
+        self.restarts = 0 if lived > 30 else self.restarts + 1
+        delay = min(2.0 * (2 ** max(self.restarts - 1, 0)), 30.0)
+        self.say(f"exited with {'signal ' + str(-code) if code < 0 else 'code ' + str(code)} after {lived:.1f} s; "
+                 f"restarting in {delay:.0f} s")
+        self.proc = None
+        threading.Timer(delay, lambda: None if self.stopping else self.start()).start()
+
+    def stop(self):
+        self.stopping = True
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+
+    def wait(self, deadline):
+        if not self.proc:
+            return
+        try:
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.say("did not stop in time: SIGKILL")
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def main():
+    p = argparse.ArgumentParser(prog="./rosa up", description="Run the rosa graph on this machine.")
+    p.add_argument("--llm-url", default=os.environ.get("ROSA_LLM_URL"),
+                   help="OpenAI-compatible base URL (env ROSA_LLM_URL; default: the providers of config/rosa.yaml)")
+    p.add_argument("--llm-model", default=os.environ.get("ROSA_LLM_MODEL"), help="model name (env ROSA_LLM_MODEL)")
+    p.add_argument("--llm-key-env", default=os.environ.get("ROSA_LLM_KEY_ENV"),
+                   help="name of the environment variable holding the API key (env ROSA_LLM_KEY_ENV)")
+    p.add_argument("--robots", default=os.environ.get("ROSA_ROBOTS"),
+                   help="robots registry: YAML or the seed's drivers.json (env ROSA_ROBOTS)")
+    p.add_argument("--params", default=str(ROOT / "config" / "rosa.yaml"), help="ROS 2 parameters file")
+    p.add_argument("--no-sim", action="store_true", help="do not start a simulated Reachy Mini")
+    p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
+    args = p.parse_args()
+
+    prefix = Path(os.environ.get("ROSA_INSTALL", ROOT / "install")) / "rosa" / "lib" / "rosa"
+    if not (prefix / "kernel").exists():
+        sys.exit(f"rosa: {prefix}/kernel is missing: run ./rosa setup (or ./rosa build) first")
+    log_dir = Path(args.log_dir or ROOT / ".rosa" / "log" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    overrides = []
+    if args.llm_url:
+        overrides += ["-p", f"llm.urls:=['{args.llm_url}']", "-p", f"llm.key_envs:=['{args.llm_key_env or ''}']"]
+    elif args.llm_key_env:
+        overrides += ["-p", f"llm.key_envs:=['{args.llm_key_env}']"]
+    if args.llm_model:
+        overrides += ["-p", f"llm.models:=['{args.llm_model}']"]
+    if args.robots:
+        overrides += ["-p", f"robots_file:={Path(args.robots).resolve()}"]
+
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("ROSA_CONFIG_DIR", str(ROOT / "config"))
+    env.setdefault("RUST_LOG", "info")
+
+    # The nodes that exist, in start order.
+    nodes = ["process_manager", "kernel"]
+    if not args.no_sim:
+        print("rosa: no simulated robot is part of this build yet (the Reachy Mini driver comes later); "
+              "robots in the registry are used if they are reachable")
+    lock = threading.Lock()
+    procs = []
+    for i, name in enumerate(nodes):
+        argv = [str(prefix / name), "--ros-args", "--params-file", args.params, *overrides]
+        procs.append(Supervised(name, argv, env, log_dir, COLORS[i % len(COLORS)], lock))
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"rosa: logs in {log_dir}; ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops everything")
+    for s in procs:
+        s.start()
+    while not stop.wait(0.5):
+        for s in procs:
+            s.check()
+    print("\nrosa: stopping")
+    for s in reversed(procs):
+        s.stop()
+    deadline = time.monotonic() + 6
+    for s in reversed(procs):
+        s.wait(deadline)
+    print("rosa: stopped")
+
+
+if __name__ == "__main__":
+    main()
