@@ -285,3 +285,13 @@ def test_a_burst_of_commands_is_queued_and_overflow_is_refused_out_loud(graph, p
     assert len(consumed) + len(refused) == 8, (consumed, refused)
     assert consumed == sorted(consumed, key=lambda t: int(t.split()[-1]))
     assert len(consumed) >= 4 and all("queue is full (3 events waiting)" in r for r in refused)
+
+
+def test_the_kernel_hears_why_a_launch_was_rejected(graph, peer, llm, robot):
+    llm.handler = slow_worker_handler()
+    start_core(graph, peer, max_processes=1)
+    peer.publish("/rosa/command", String, String(data="first"))
+    robot.wait_for_calls(1, timeout=20)
+    peer.publish("/rosa/command", String, String(data="second"))
+    upd = peer.wait_for_msg("/rosa/updates", lambda m: m.role == "kernel" and "rejected" in m.text)
+    assert "rejected by the process manager: 1 of at most 1 processes are running" in upd.text, upd.text

@@ -14,11 +14,13 @@ sequential. Timestamps: time.monotonic() in this process (peer, LLM, MCP server)
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 # Own DDS domain (the test suite uses 1..99), loopback only: set before rclpy is imported (by conftest).
@@ -26,6 +28,7 @@ DOMAIN = int(os.environ.get("ROSA_BENCH_DOMAIN", "100"))
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/: conftest and support/
+warnings.filterwarnings("ignore", message="Field 'lifespan' has an incomplete definition")  # pydantic, via mcp
 
 from conftest import Graph, Peer, wait_until  # noqa: E402
 from rosa_interfaces.action import LaunchProcess  # noqa: E402
@@ -33,6 +36,9 @@ from rosa_interfaces.msg import KernelEvent, WorkerCallback  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from support.mcp_recorder import McpRecorder  # noqa: E402
 from support.scripted_llm import Calls, Reply, ScriptedLLM, default_handler, last_message, system_prompt  # noqa: E402
+
+# A worker exits without closing its MCP session's SSE stream: the server logs a harmless traceback.
+logging.getLogger("mcp.server.streamable_http").setLevel(logging.CRITICAL)
 
 RUN_TIMEOUT = 20.0  # seconds per run
 CB, EVENTS = "/rosa/worker_callback", "/rosa/events"

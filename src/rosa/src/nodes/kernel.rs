@@ -121,8 +121,12 @@ impl ProcessControl for RosProcesses {
     async fn launch(&self, system_prompt: String, robots: Vec<String>) -> Result<String, String> {
         self.wait_for_server().await?;
         let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
-        let sent = self.launch.send_goal_request(goal);
-        match self.request(sent).await {
+        let sent = self.launch.send_goal_request(goal).map_err(|e| e.to_string())?;
+        let accepted = match tokio::time::timeout(self.timeout, sent).await {
+            Ok(r) => r,
+            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+        };
+        match accepted {
             Ok((handle, result, mut feedback)) => {
                 let id = worker_id_for_goal(handle.uuid.as_bytes());
                 // Drain feedback and the result: the outcome comes back as a WorkerCallback event.
@@ -134,14 +138,18 @@ impl ProcessControl for RosProcesses {
                 });
                 Ok(id)
             }
-            Err(e) if e.contains("REJECTED") => {
-                let why = match self.list().await {
-                    Ok(rows) => format!("{} processes running", rows.iter().filter(|r| r.state == "running" || r.state == "starting").count()),
-                    Err(_) => "unknown load".into(),
-                };
-                Err(format!("the process manager rejected the goal (concurrency limit or unknown robot; {why})"))
+            Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
+                let req = ListProcesses::Request { include_ended: false };
+                Err(match self.request(self.list.request(&req)).await {
+                    Ok(t) if t.processes.len() >= t.max_processes as usize => format!(
+                        "rejected by the process manager: {} of at most {} processes are running; wait for one to finish or terminate one",
+                        t.processes.len(),
+                        t.max_processes
+                    ),
+                    _ => "rejected by the process manager (see its log for the reason)".to_string(),
+                })
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         }
     }
 
