@@ -68,6 +68,7 @@ impl KernelOutput for RosOutput {
         }
     }
     fn update(&self, role: &str, text: &str) {
+        tracing::info!(role, "says: {text}");
         publish_update(&self.updates.lock().expect("publisher lock"), role, text);
     }
 }
