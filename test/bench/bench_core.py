@@ -30,7 +30,7 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/: conftest and support/
 warnings.filterwarnings("ignore", message="Field 'lifespan' has an incomplete definition")  # pydantic, via mcp
 
-from conftest import Graph, Peer, wait_until  # noqa: E402
+from conftest import Graph, Peer, install_prefix, wait_until  # noqa: E402
 from rosa_interfaces.action import LaunchProcess  # noqa: E402
 from rosa_interfaces.msg import KernelEvent, WorkerCallback  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -79,6 +79,10 @@ class Marks:
         elif isinstance(result, Reply) and text.startswith("[Worker callback]"):
             self.cb_reply[text.rsplit("worker_id=", 1)[1].split(",")[0]] = t
         return result
+
+
+def first(seq, pred):
+    return next((x for x in seq if pred(x)), None)
 
 
 def rss_bytes(pid):
@@ -130,13 +134,16 @@ class Bench:
         deadline = time.monotonic() + RUN_TIMEOUT
 
         def step(what, pred):
+            def done_or_failed():
+                # Any failed worker during this run is this run's: say so at once, not after the timeout.
+                bad = first(self.peer.received(CB)[n_cb:], lambda m: m.final and not m.done)
+                if bad:
+                    raise RunFailed(f"run {name!r}: worker {bad.worker_id} failed before {what}: {bad.message}")
+                return pred()
             try:
-                return wait_until(pred, max(0.0, deadline - time.monotonic()), what)
+                return wait_until(done_or_failed, max(0.0, deadline - time.monotonic()), what)
             except TimeoutError:
                 raise RunFailed(f"run {name!r}: {what} did not happen within {RUN_TIMEOUT:.0f} s of the command") from None
-
-        def first(seq, pred):
-            return next((x for x in seq if pred(x)), None)
 
         t0, w0 = time.monotonic(), time.time()
         self.pub.publish(String(data=text))
@@ -171,10 +178,12 @@ def main():
     args = ap.parse_args()
 
     started = time.monotonic()
+    # A rebuild during the benchmark makes worker spawns fail ("Text file busy"): notice it.
+    built = {b: b.stat().st_mtime for b in (install_prefix() / "rosa" / "lib" / "rosa").iterdir()}
     tmp = Path(tempfile.mkdtemp(prefix="rosa-bench-"))
     llm, robot = ScriptedLLM().start(), McpRecorder(name="testbot").start()
     graph = Graph(tmp, DOMAIN, llm.url, {"testbot": robot.url})
-    peer, bench, out, error = None, None, {"runs": args.runs, "drift": args.drift, "domain": DOMAIN}, None
+    peer, out, error = None, {"runs": args.runs, "drift": args.drift, "domain": DOMAIN}, None
     try:
         peer = Peer(DOMAIN)
         bench = Bench(llm, robot, graph, peer)
@@ -222,8 +231,10 @@ def main():
             print("slope (MB / 1000 commands, samples from %d on): " % half[0][0]
                   + ", ".join(f"{n} {s:+.2f}" for n, s in slopes.items()))
             out["rss_drift"] = {"samples": [{"commands": n, **r} for n, r in drift], "slope_mb_per_1000": slopes}
-    except (RunFailed, TimeoutError, OSError) as e:
+    except (RunFailed, TimeoutError) as e:
         error = str(e)
+    except Exception as e:  # anything else still stops every process and says what went wrong
+        error = repr(e)
     finally:
         if peer is not None:
             peer.close()
@@ -236,6 +247,8 @@ def main():
     print(f"\ntotal wall time: {wall:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if any(b.stat().st_mtime != t for b, t in built.items()):
+        print("note: node binaries in install/ were rebuilt while the benchmark ran")
     if error:
         for name in ("kernel", "process_manager"):
             print(f"\n----- {tmp / (name + '.log')} (tail) -----\n{graph.log(name)[-3000:]}")
