@@ -284,6 +284,8 @@ def _error_body(message: str, type_: str = "server_error") -> dict:
 
 def _make_request_handler(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
     class RequestHandler(BaseHTTPRequestHandler):
+        # Headers and body go out in two writes: without TCP_NODELAY, Nagle + delayed ACK add 40 ms.
+        disable_nagle_algorithm = True
         protocol_version = "HTTP/1.1"  # keep-alive; every response has Content-Length
 
         def log_message(self, *args) -> None:  # keep test output quiet

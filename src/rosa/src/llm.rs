@@ -134,16 +134,23 @@ enum Failure {
 }
 
 impl OpenAiChat {
+    /// A client of `config`'s providers with its own HTTP client.
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
+        let http = crate::http::client(
+            Duration::from_secs_f64(config.connect_timeout_sec.max(0.1)),
+            config.urls.iter().map(String::as_str),
+        )
+        .map_err(|e| LlmError::Unreachable(format!("HTTP client: {e}")))?;
+        Self::with_http(config, http)
+    }
+
+    /// A client over a shared HTTP client (see [`crate::http::client`]); each request gets
+    /// `llm.timeout_sec` as its deadline.
+    pub fn with_http(config: &LlmConfig, http: reqwest::Client) -> Result<Self, LlmError> {
         let providers = config.providers();
         if providers.is_empty() {
             return Err(LlmError::NoProvider);
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(config.timeout_sec.max(0.1)))
-            .connect_timeout(Duration::from_secs_f64(config.connect_timeout_sec.max(0.1)))
-            .build()
-            .map_err(|e| LlmError::Unreachable(format!("HTTP client: {e}")))?;
         let endpoints = providers
             .into_iter()
             .map(|provider| {
@@ -153,7 +160,7 @@ impl OpenAiChat {
                     std::env::var(&provider.key_env).unwrap_or_default()
                 };
                 let cfg = OpenAIConfig::new().with_api_base(provider.url.clone()).with_api_key(key);
-                let client = Client::with_config(cfg).with_http_client(http.clone());
+                let client = Client::build(http.clone(), cfg);
                 Endpoint { provider, client }
             })
             .collect();
@@ -210,10 +217,15 @@ impl OpenAiChat {
     }
 
     async fn call_once(&self, ep: &Endpoint, body: &Value) -> Result<Completion, Failure> {
-        let result: Result<Value, OpenAIError> = ep.client.chat().create_byot(body).await;
-        match result {
-            Ok(v) => parse_completion(&v).map_err(Failure::Fatal),
-            Err(e) => Err(classify(e)),
+        let deadline = Duration::from_secs_f64(self.config.timeout_sec.max(0.1));
+        let chat = ep.client.chat();
+        match tokio::time::timeout(deadline, chat.create_byot::<&Value, Value>(body)).await {
+            Err(_) => Err(Failure::Transient(LlmError::Unreachable(format!(
+                "no answer within {:.0} s (llm.timeout_sec)",
+                deadline.as_secs_f64()
+            )))),
+            Ok(Ok(v)) => parse_completion(&v).map_err(Failure::Fatal),
+            Ok(Err(e)) => Err(classify(e)),
         }
     }
 }

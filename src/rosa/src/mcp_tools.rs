@@ -41,10 +41,18 @@ pub struct McpToolBox {
 }
 
 impl McpToolBox {
-    /// Connect to every robot `(name, url)` and list its tools.
-    pub async fn connect(robots: &[(String, String)], call_timeout: Duration) -> Result<Self, McpError> {
+    /// Connect to every robot `(name, url)` (concurrently, over the shared `http` client) and list
+    /// its tools.
+    pub async fn connect(
+        robots: &[(String, String)],
+        call_timeout: Duration,
+        http: &reqwest::Client,
+    ) -> Result<Self, McpError> {
         let connects = robots.iter().map(|(robot, url)| async move {
-            let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.clone()));
+            let transport = StreamableHttpClientTransport::with_client(
+                http.clone(),
+                StreamableHttpClientTransportConfig::with_uri(url.clone()),
+            );
             let client = tokio::time::timeout(Duration::from_secs(10), ClientConfig::default().serve(transport))
                 .await
                 .map_err(|_| McpError::Connect { robot: robot.clone(), url: url.clone(), message: "timed out".into() })?

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Everything a worker needs, sent on its stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,10 +176,43 @@ pub struct WorkerProcess {
     pub reports: Lines<BufReader<ChildStdout>>,
 }
 
-/// Start `exe` as a process-group leader with `args`, write `spec` to its stdin and close it.
+/// A started worker waiting for its spec (the warm pool): it has already paid for exec, dynamic
+/// linking and runtime start-up.
+pub struct IdleWorker {
+    child: Child,
+    pid: i32,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl IdleWorker {
+    /// Still alive (not crashed while waiting)?
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Hand the worker its spec (stdin is closed after it): it starts at once.
+    pub async fn assign(mut self, spec: &WorkerSpec) -> Result<WorkerProcess, SpawnError> {
+        let mut doc = serde_json::to_vec(spec).map_err(|e| SpawnError::Spec(e.into()))?;
+        doc.push(b'\n');
+        if let Err(e) = self.stdin.write_all(&doc).await {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+            return Err(SpawnError::Spec(e));
+        }
+        drop(self.stdin);
+        Ok(WorkerProcess { child: self.child, pid: self.pid, reports: BufReader::new(self.stdout).lines() })
+    }
+}
+
+/// Start `exe` as a process-group leader with `args`, its spec to come on stdin.
 /// The discovery settings (`ROS_DOMAIN_ID`, `ROS_AUTOMATIC_DISCOVERY_RANGE`, `ROS_LOCALHOST_ONLY`)
 /// are passed on explicitly.
-pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Result<WorkerProcess, SpawnError> {
+pub fn spawn_idle(exe: &Path, args: &[String]) -> Result<IdleWorker, SpawnError> {
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .stdin(Stdio::piped())
@@ -205,17 +238,14 @@ pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Res
     }
     let mut child = cmd.spawn().map_err(|source| SpawnError::Start { exe: exe.display().to_string(), source })?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stdin = child.stdin.take().expect("stdin is piped");
     let stdout = child.stdout.take().expect("stdout is piped");
-    let mut doc = serde_json::to_vec(spec).map_err(|e| SpawnError::Spec(e.into()))?;
-    doc.push(b'\n');
-    if let Err(e) = stdin.write_all(&doc).await {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        return Err(SpawnError::Spec(e));
-    }
-    drop(stdin);
-    Ok(WorkerProcess { child, pid, reports: BufReader::new(stdout).lines() })
+    Ok(IdleWorker { child, pid, stdin, stdout })
+}
+
+/// Start a worker and hand it `spec`.
+pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Result<WorkerProcess, SpawnError> {
+    spawn_idle(exe, args)?.assign(spec).await
 }
 
 /// Signal the worker's whole process group.
@@ -334,6 +364,17 @@ mod tests {
         let mut w = spawn_worker(Path::new("/bin/sh"), &["-c".into(), "read spec; exec sleep 30".into()], &spec()).await.unwrap();
         let status = terminate(&mut w.child, w.pid, false, Duration::from_secs(5)).await;
         assert_eq!(describe_exit(status), "killed by SIGTERM");
+    }
+
+    #[tokio::test]
+    async fn an_idle_worker_waits_for_its_spec() {
+        // `head -c 1` exits as soon as the spec's first byte arrives.
+        let mut idle = spawn_idle(Path::new("/usr/bin/head"), &["-c".into(), "1".into()]).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(idle.is_alive(), "it waits for stdin");
+        let mut w = idle.assign(&spec()).await.unwrap();
+        assert_eq!(w.reports.next_line().await.unwrap().as_deref(), Some("{"));
+        assert!(w.child.wait().await.unwrap().success());
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub struct ProcessManagerParams {
     pub tool_timeout_sec: f64,
     /// The worker executable ("" = `worker` next to this executable).
     pub worker_executable: String,
+    /// Workers kept started and waiting for a task (0 = start each on demand).
+    pub warm_workers: u64,
 }
 
 impl Default for ProcessManagerParams {
@@ -55,6 +57,7 @@ impl Default for ProcessManagerParams {
             keep_ended: 20,
             tool_timeout_sec: 60.0,
             worker_executable: String::new(),
+            warm_workers: 2,
         }
     }
 }
@@ -77,6 +80,7 @@ struct Ctx {
     registry: Arc<Registry>,
     rules: Arc<String>,
     worker_exe: Arc<PathBuf>,
+    pool: Arc<Mutex<std::collections::VecDeque<process::IdleWorker>>>,
 }
 
 fn info(r: &Row) -> ProcessInfo {
@@ -178,6 +182,43 @@ impl Ctx {
         });
     }
 
+    /// A warm worker from the pool, if one is alive; the pool is refilled behind.
+    fn take_warm(&self) -> Option<process::IdleWorker> {
+        let warm = loop {
+            let next = self.pool.lock().expect("pool lock").pop_front();
+            match next {
+                Some(mut w) => {
+                    if w.is_alive() {
+                        break Some(w);
+                    }
+                    tracing::warn!(pid = w.pid(), "a warm worker died while waiting; discarding it");
+                }
+                None => break None,
+            }
+        };
+        self.refill_pool();
+        warm
+    }
+
+    /// Top the pool up to `warm_workers` (in the background).
+    fn refill_pool(&self) {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if ctx.pool.lock().expect("pool lock").len() >= ctx.params.warm_workers as usize {
+                    return;
+                }
+                match process::spawn_idle(&ctx.worker_exe, &[]) {
+                    Ok(w) => ctx.pool.lock().expect("pool lock").push_back(w),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a warm worker");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
     fn spec(&self, worker_id: &str, goal: &LaunchProcess::Goal) -> WorkerSpec {
         let robots: Vec<_> = goal.robots.iter().filter_map(|n| self.registry.get(n)).collect();
         WorkerSpec {
@@ -210,7 +251,11 @@ impl Ctx {
             SpawnFailed(String),
         }
         let mut final_report: Option<(bool, String)> = None;
-        let end = match process::spawn_worker(&self.worker_exe, &[], &spec).await {
+        let started = match self.take_warm() {
+            Some(w) => w.assign(&spec).await,
+            None => process::spawn_worker(&self.worker_exe, &[], &spec).await,
+        };
+        let end = match started {
             Err(e) => End::SpawnFailed(e.to_string()),
             Ok(mut w) => {
                 tracing::info!(%worker_id, pid = w.pid, robots = ?goal.robots, "worker started");
@@ -387,8 +432,10 @@ pub async fn run() -> anyhow::Result<()> {
         registry: Arc::new(registry),
         rules: Arc::new(rules),
         worker_exe: Arc::new(worker_exe),
+        pool: Arc::new(Mutex::new(Default::default())),
     };
     ctx.publish_table();
+    ctx.refill_pool();
 
     {
         let ctx = ctx.clone();
@@ -453,6 +500,8 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs_f64(ctx.params.grace_sec + 2.0), futures::future::join_all(waits)).await;
+    // Warm workers get EOF on stdin and exit; kill_on_drop makes sure of it.
+    ctx.pool.lock().expect("pool lock").clear();
     spinner.stop();
     Ok(())
 }

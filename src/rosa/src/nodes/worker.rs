@@ -26,18 +26,34 @@ fn fail(message: String) -> WorkerReport {
 }
 
 pub async fn run() -> anyhow::Result<()> {
+    // The worker is a ROS node of its own (`/rosa/worker_<id>` in the graph while it runs). The ROS
+    // context starts while the spec is awaited (a warm worker waits here), and the node is created
+    // off the critical path, while the robots connect.
+    let (name_tx, name_rx) = std::sync::mpsc::channel::<String>();
+    let ros = std::thread::spawn(move || -> Result<Option<Spinner>, r2r::Error> {
+        let ctx = r2r::Context::create()?;
+        let Ok(name) = name_rx.recv() else { return Ok(None) };
+        let node = Node::create(ctx, &name, "/rosa")?;
+        tracing::debug!("ROS node up");
+        Ok(Some(Spinner::start(node, Duration::from_millis(50))))
+    });
+
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
+    if input.trim().is_empty() {
+        // A warm worker whose process manager went away: nothing to do.
+        return Ok(());
+    }
     let spec: WorkerSpec = serde_json::from_str(&input)
         .map_err(|e| anyhow::anyhow!("the worker expects its spec as JSON on stdin: {e}"))?;
     let id = spec.worker_id.clone();
+    tracing::debug!("spec read");
+    let _ = name_tx.send(format!("worker_{id}"));
 
-    // The worker is a ROS node of its own (`/rosa/worker_<id>` in the graph while it runs).
-    let ctx = r2r::Context::create()?;
-    let node = Node::create(ctx, &format!("worker_{id}"), "/rosa")?;
-    let spinner = Spinner::start(node, Duration::from_millis(50));
-
-    let last = match (OpenAiChat::new(&spec.llm), McpToolBox::connect(&spec.robots, Duration::from_secs_f64(spec.tool_timeout_sec.max(0.1))).await) {
+    let urls = spec.llm.urls.iter().chain(spec.robots.iter().map(|(_, u)| u)).map(String::as_str);
+    let http = crate::http::client(Duration::from_secs_f64(spec.llm.connect_timeout_sec.max(0.1)), urls)?;
+    let tool_timeout = Duration::from_secs_f64(spec.tool_timeout_sec.max(0.1));
+    let last = match (OpenAiChat::with_http(&spec.llm, http.clone()), McpToolBox::connect(&spec.robots, tool_timeout, &http).await) {
         (Err(e), _) => fail(format!("worker {id}: {e}")),
         (_, Err(e)) => fail(format!("worker {id}: {e}")),
         (Ok(model), Ok(tools)) => {
@@ -51,6 +67,11 @@ pub async fn run() -> anyhow::Result<()> {
         WorkerReport::Final { message, .. } => tracing::warn!(worker_id = %id, %message, "worker failed"),
         _ => {}
     }
-    spinner.stop();
+    match ros.join() {
+        Ok(Ok(Some(spinner))) => spinner.stop(),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the worker's ROS node could not be created"),
+        Err(_) => tracing::warn!("the worker's ROS node thread panicked"),
+    }
     Ok(())
 }
