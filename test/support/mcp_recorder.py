@@ -74,6 +74,9 @@ class McpRecorder:
         # We bind the listening socket ourselves and hand it to uvicorn, so the
         # port is known up front and there is no pick-a-free-port race.
         self._sock = socket.create_server(("127.0.0.1", self._requested_port))
+        # Accepted sockets inherit TCP_NODELAY on Linux. Without it, the last chunk of each SSE
+        # response waits ~40 ms for the client's delayed ACK on a kept-alive connection.
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = self._sock.getsockname()[1]
         return self._sock
 

@@ -287,8 +287,12 @@ impl Ctx {
                                     feedback(&handle, &worker_id, "running", step, &last);
                                 }
                                 Ok(WorkerReport::Final { done, message }) => {
-                                    // Published at once: the kernel need not wait for the exit.
+                                    // Published at once: the kernel need not wait for the exit. The
+                                    // task is over, so it no longer counts against max_processes
+                                    // while the process winds down its ROS node.
                                     self.publish_outcome(&worker_id, done, &message, "worker");
+                                    let state = if done { State::Succeeded } else { State::Failed };
+                                    self.with_table(|t| t.update(&worker_id, |r| r.state = state));
                                     final_report = Some((done, message));
                                 }
                                 Err(_) => tracing::debug!(%worker_id, %line, "non-report output from worker"),
