@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn raw_frames_become_jpeg() {
         for (enc, bpp) in [("rgb8", 3), ("bgr8", 3), ("mono8", 1), ("rgba8", 4), ("yuyv", 2)] {
-            let f = Frame::Raw { width: 8, height: 4, encoding: enc.into(), step: 8 * bpp + 2, data: vec![128; (8 * bpp + 2) * 4] };
+            let f = Frame::Raw { width: 8, height: 4, encoding: enc.into(), step: 8 * bpp + 2, data: vec![128; (8 * bpp as usize + 2) * 4] };
             let j = to_jpeg(&f).unwrap();
             assert_eq!(&j[..2], &[0xFF, 0xD8], "{enc}");
         }
