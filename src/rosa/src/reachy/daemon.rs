@@ -175,7 +175,14 @@ impl Daemon {
     }
 
     async fn get(&self, path: &str) -> Result<Value, DaemonError> {
-        self.send(&format!("GET {path}"), self.http.get(format!("{}{path}", self.base))).await
+        let what = format!("GET {path}");
+        match self.send(&what, self.http.get(format!("{}{path}", self.base))).await {
+            // A pooled connection the daemon closed (it does after an error): one retry, GETs only.
+            Err(DaemonError::Down { .. }) if self.link.borrow().is_connected() => {
+                self.send(&what, self.http.get(format!("{}{path}", self.base))).await
+            }
+            r => r,
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, DaemonError> {

@@ -37,14 +37,18 @@ impl Audio {
 
     /// Decode a WAV file (any channel count: the first channel is kept; 16-bit or float).
     pub fn from_wav(bytes: &[u8]) -> Result<Self, SpeechError> {
-        // espeak-ng --stdout writes 0xFFFFFFFF as the data size (it streams): fix it up first.
-        let mut owned;
+        // espeak-ng --stdout streams, so its header claims a huge data size (0x7ffff000): when the
+        // declared size is more than there is, fix it to what there is.
+        let owned;
         let mut data = bytes;
-        if bytes.len() >= 44 && &bytes[0..4] == b"RIFF" && &bytes[36..40] == b"data" && bytes[40..44] == [0xff; 4] {
-            owned = bytes.to_vec();
-            let n = (bytes.len() - 44) as u32;
-            owned[40..44].copy_from_slice(&n.to_le_bytes());
-            owned[4..8].copy_from_slice(&(n + 36).to_le_bytes());
+        let declared = bytes.get(40..44).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        if bytes.len() >= 44 && &bytes[0..4] == b"RIFF" && &bytes[36..40] == b"data" && declared > Some(bytes.len() - 44) {
+            let mut fixed = bytes.to_vec();
+            let n = ((bytes.len() - 44) & !1) as u32;
+            fixed[40..44].copy_from_slice(&n.to_le_bytes());
+            fixed[4..8].copy_from_slice(&(n + 36).to_le_bytes());
+            fixed.truncate(44 + n as usize);
+            owned = fixed;
             data = &owned;
         }
         let reader = hound::WavReader::new(std::io::Cursor::new(data)).map_err(|e| SpeechError::Tts(format!("not a WAV: {e}")))?;
@@ -465,7 +469,9 @@ mod tests {
         let a = Audio { samples: (0..1000).map(|i| (i * 10) as i16).collect(), sample_rate: 22_050 };
         let mut wav = a.to_wav();
         assert_eq!(Audio::from_wav(&wav).unwrap(), a);
-        wav[40..44].copy_from_slice(&[0xff; 4]); // as espeak-ng --stdout writes it
+        wav[40..44].copy_from_slice(&[0x00, 0xf0, 0xff, 0x7f]); // as espeak-ng --stdout writes it
+        assert_eq!(Audio::from_wav(&wav).unwrap(), a);
+        wav[40..44].copy_from_slice(&[0xff; 4]);
         assert_eq!(Audio::from_wav(&wav).unwrap(), a);
         assert!(Audio::from_wav(b"not a wav").is_err());
     }

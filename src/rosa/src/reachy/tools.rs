@@ -185,6 +185,21 @@ fn random() -> u64 {
 }
 
 impl ReachyTools {
+    /// The dataset's move names, with a clear message when the daemon does not have the library.
+    async fn emotions(&self) -> Result<Vec<String>, String> {
+        let ds = &self.driver.emotions_dataset;
+        match self.driver.daemon.list_moves(ds).await {
+            Ok(n) => Ok(n),
+            Err(DaemonError::Http { status: 404 | 500, body, .. }) => Err(format!(
+                "the emotions library `{ds}` is not available on the daemon: it must be in the daemon's \
+                 Hugging Face cache ($HF_HOME/hub/datasets--{}) or downloadable ({})",
+                ds.replace('/', "--"),
+                crate::llm::truncate(&body, 200)
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub fn new(driver: Arc<Driver>) -> Self {
         Self { driver, tool_router: Self::tool_router() }
     }
@@ -346,7 +361,7 @@ impl ReachyTools {
 
     #[tool(description = "List the emotions the robot can play with play_emotion (recorded moves; numbered variants are grouped).")]
     async fn list_emotions(&self) -> Result<CallToolResult, McpError> {
-        match self.driver.daemon.list_moves(&self.driver.emotions_dataset).await {
+        match self.emotions().await {
             Ok(names) if names.is_empty() => fail("list_emotions: the emotions library is empty"),
             Ok(names) => {
                 let groups = group_emotions(&names);
@@ -362,7 +377,7 @@ impl ReachyTools {
 
     #[tool(description = "Play a recorded emotion (from list_emotions) with the head and antennas; a random variant when several exist. Waits until done unless wait=false.")]
     async fn play_emotion(&self, Parameters(p): Parameters<PlayEmotion>) -> Result<CallToolResult, McpError> {
-        let names = match self.driver.daemon.list_moves(&self.driver.emotions_dataset).await {
+        let names = match self.emotions().await {
             Ok(n) => n,
             Err(e) => return fail(format!("play_emotion: {e}")),
         };
