@@ -400,7 +400,7 @@ pub async fn run() -> anyhow::Result<()> {
                 if connected && urdf_due {
                     match daemon.urdf().await {
                         Ok(text) => {
-                            pubs.set_urdf(text);
+                            pubs.set_urdf(urdf::with_daemon_meshes(&text, daemon.base_url()));
                             urdf_due = false;
                         }
                         Err(e) => tracing::warn!("cannot get the URDF yet: {e}"),

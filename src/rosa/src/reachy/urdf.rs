@@ -243,6 +243,13 @@ impl Urdf {
     }
 }
 
+/// The URDF as published on `/robot_description`: its meshes (`package://assets/<file>.stl`, a
+/// package no ROS install has) point at the daemon, which serves them at
+/// `/api/kinematics/stl/<file>` (rviz's resource retriever fetches http URLs).
+pub fn with_daemon_meshes(urdf: &str, daemon_url: &str) -> String {
+    urdf.replace("package://assets/", &format!("{}/api/kinematics/stl/", daemon_url.trim_end_matches('/')))
+}
+
 /// The joint names and positions for `/joint_states`: the 7 actuated head joints and the antennas
 /// (names as in the daemon's URDF). The passive joints are not streamed by the daemon.
 pub fn joint_positions(head_joints: &[f64], antennas: [f64; 2]) -> Vec<(String, f64)> {
@@ -312,6 +319,12 @@ mod tests {
         assert!(Urdf::parse("<robot").is_err());
         assert!(Urdf::parse(r#"<robot><joint name="j"><parent link="a"/></joint></robot>"#).is_err());
         assert!(Urdf::parse(r#"<robot><joint name="j"><origin xyz="1 2"/><parent link="a"/><child link="b"/></joint></robot>"#).is_err());
+    }
+
+    #[test]
+    fn meshes_point_at_the_daemon() {
+        let u = r#"<mesh filename="package://assets/head.stl"/>"#;
+        assert_eq!(with_daemon_meshes(u, "http://127.0.0.1:8000/"), r#"<mesh filename="http://127.0.0.1:8000/api/kinematics/stl/head.stl"/>"#);
     }
 
     #[test]
