@@ -8,6 +8,7 @@ import math
 import os
 import time
 import wave
+from pathlib import Path
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -397,3 +398,50 @@ def test_text_command_moves_the_real_robot(tmp_path, daemon):
         finally:
             peer.close()
             d.close()
+
+
+# -------------------------------------------------------------------------------------------------
+# ./rosa up: the simulated daemon first, then the driver; Ctrl-C stops both
+# -------------------------------------------------------------------------------------------------
+
+def test_rosa_up_runs_the_simulated_robot(tmp_path):
+    import signal
+    import subprocess
+
+    from conftest import ROOT
+
+    daemon_port, mcp_port = free_port(), free_port()
+    log_dir = tmp_path / "logs"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", ROSA_TEST_MARK=str(log_dir))
+    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", "http://127.0.0.1:9/v1", "--log-dir", str(log_dir),
+                           "--daemon-port", str(daemon_port), "--mcp-port", str(mcp_port)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sim = ReachyDaemon(tmp_path, port=daemon_port)  # to read the daemon's state only
+    try:
+        def log(name):
+            p = log_dir / f"{name}.log"
+            return p.read_text(errors="replace") if p.exists() else ""
+        wait_until(lambda: "reachy_driver ready" in log("reachy_driver"), 90, "the driver to start")
+        assert "--mockup-sim" in log("reachy_daemon") and f"mcp=http://127.0.0.1:{mcp_port}/mcp" in log("reachy_driver")
+        with McpClient(f"http://127.0.0.1:{mcp_port}/mcp") as mcp:
+            err, text = mcp.call("goto_target", {"yaw": -20, "duration": 0.3})
+            assert not err, text
+        assert close_to(sim.state()["yaw"], -20 * DEG, ANG_TOL)
+        os.killpg(up.pid, signal.SIGINT)
+        out, _ = up.communicate(timeout=20)
+        assert "rosa: stopped" in out and "[reachy_daemon]" in out and "[reachy_driver]" in out
+        with pytest.raises(OSError):
+            sim.get("/api/daemon/status", timeout=1)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        # Whatever the supervisor started and left (only if it was killed): this test's mark is in its environment.
+        mark = f"ROSA_TEST_MARK={log_dir}".encode()
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and mark in (d / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(d.name), signal.SIGKILL)
+            except OSError:
+                pass
