@@ -217,28 +217,43 @@ def test_emotions_play_from_the_hf_cache(driver, daemon):
     assert err and "unknown emotion" in text and "cheerful" in text and "sad" in text, text
 
 
-def test_take_picture_from_an_image_topic(tmp_path, daemon):
+def test_take_picture_from_an_image_topic_and_describe_it(tmp_path, daemon):
+    """A camera topic feeds take_picture; the vision model (scripted, OpenAI-compatible) gets the JPEG."""
+    from support.scripted_llm import Reply
+
     neutral(daemon)
-    d = Driver(tmp_path, daemon.url, **{"camera.source": "/test_camera/image_raw"})
-    peer = Peer(d.domain_id)
-    try:
-        err, text = d.call("take_picture")
-        assert err and "no image received on /test_camera/image_raw" in text, text
-        pub = peer.publisher("/test_camera/image_raw", Image)
-        w, h = 64, 48
-        img = Image(width=w, height=h, encoding="rgb8", step=w * 3, data=bytes([200, 30, 30]) * (w * h))
-        for _ in range(20):
-            pub.publish(img)
-            time.sleep(0.05)
-        err, text = d.call("take_picture")
-        assert not err, text
-        path = text.split("saved to ")[1].split()[0].rstrip(";")
-        data = open(path, "rb").read()
-        assert data[:2] == b"\xff\xd8" and len(data) > 100
-        assert str(d.data_dir) in path
-    finally:
-        peer.close()
-        d.close()
+    with ScriptedLLM(lambda req: Reply("A red square.")) as vision:
+        d = Driver(tmp_path, daemon.url, **{"camera.source": "/test_camera/image_raw",
+                                            "vision.urls": f"['{vision.url}']", "vision.key_envs": "['']",
+                                            "vision.models": "['scripted-vision']"})
+        peer = Peer(d.domain_id)
+        try:
+            err, text = d.call("take_picture")
+            assert err and "no image received on /test_camera/image_raw" in text, text
+            pub = peer.publisher("/test_camera/image_raw", Image)
+            w, h = 64, 48
+            img = Image(width=w, height=h, encoding="rgb8", step=w * 3, data=bytes([200, 30, 30]) * (w * h))
+            for _ in range(20):
+                pub.publish(img)
+                time.sleep(0.05)
+            err, text = d.call("take_picture", {"question": "What do you see?"})
+            assert not err, text
+            path = text.split("saved to ")[1].split()[0].rstrip(";")
+            data = open(path, "rb").read()
+            assert data[:2] == b"\xff\xd8" and len(data) > 100
+            assert str(d.data_dir) in path
+            assert "A red square." in text, text
+            body = vision.snapshot()[-1]["body"]
+            content = body["messages"][0]["content"]
+            assert body["model"] == "scripted-vision"
+            assert content[0]["text"] == "What do you see?"
+            assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+            # describe_image on the saved file, the same way.
+            err, text = d.call("describe_image", {"image": path})
+            assert not err and text == "A red square.", text
+        finally:
+            peer.close()
+            d.close()
 
 
 def test_take_picture_without_a_camera_and_move_to_audio_without_a_microphone(driver):

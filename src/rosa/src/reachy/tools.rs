@@ -174,6 +174,39 @@ pub fn group_emotions(names: &[String]) -> Vec<(String, usize)> {
     m.into_iter().collect()
 }
 
+/// How far the robot's state is from a motion's target, beyond 3 mm / 3° per value.
+pub fn shortfall(m: &Motion, s: &super::daemon::RobotState) -> Vec<String> {
+    const POS: f64 = 0.003;
+    let ang = 3f64.to_radians();
+    let mut out = Vec::new();
+    let [x, y, z, roll, pitch, yaw] = s.head_xyzrpy();
+    if let Some(h) = m.head {
+        for (name, want, got) in [("x", h.x, x), ("y", h.y, y), ("z", h.z, z)] {
+            if (want - got).abs() > POS {
+                out.push(format!("{name} {:.1} mm instead of {:.1} mm", got * 1000.0, want * 1000.0));
+            }
+        }
+        for (name, want, got) in [("roll", h.roll, roll), ("pitch", h.pitch, pitch), ("yaw", h.yaw, yaw)] {
+            if (want - got).abs() > ang {
+                out.push(format!("{name} {} instead of {}", deg(got), deg(want)));
+            }
+        }
+    }
+    if let Some(b) = m.body_yaw {
+        if (b - s.body_yaw()).abs() > ang {
+            out.push(format!("body_yaw {} instead of {}", deg(s.body_yaw()), deg(b)));
+        }
+    }
+    if let Some(a) = m.antennas {
+        for (i, name) in ["right antenna", "left antenna"].iter().enumerate() {
+            if (a[i] - s.antennas[i]).abs() > ang {
+                out.push(format!("{name} {} instead of {}", deg(s.antennas[i]), deg(a[i])));
+            }
+        }
+    }
+    out
+}
+
 /// The head yaw toward a direction of arrival (0 = left, π/2 = front, π = right).
 pub fn yaw_toward(doa: f64) -> f64 {
     FRAC_PI_2 - doa
@@ -225,7 +258,17 @@ impl ReachyTools {
         }
         let timeout = Duration::from_secs_f64(c.motion.duration + self.driver.move_timeout_margin);
         match self.driver.daemon.wait_move(&uuid, timeout).await {
-            Ok(true) => Ok(format!("{what}: done in {:.2} s{clamped}; {}", c.motion.duration, self.pose_text())),
+            Ok(true) => {
+                // The stream lags the move's end by a sample or two.
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                let short = self.driver.daemon.state().map(|s| shortfall(&c.motion, &s)).unwrap_or_default();
+                let short = if short.is_empty() {
+                    String::new()
+                } else {
+                    format!(" NOTE: the robot stopped short of the target ({}): that pose is outside what it can reach", short.join(", "))
+                };
+                Ok(format!("{what}: done in {:.2} s{clamped}; {}{short}", c.motion.duration, self.pose_text()))
+            }
             Ok(false) => Err(format!("{what}: move {uuid} still running after {:.1} s", timeout.as_secs_f64())),
             Err(e) => Err(format!("{what}: {e}")),
         }
@@ -511,6 +554,23 @@ mod tests {
         assert_eq!(pick_emotion(&n, "sad", 7).as_deref(), Some("sad1"));
         assert_eq!(pick_emotion(&n, "angry", 0), None);
         assert_eq!(group_emotions(&n), vec![("cheerful".into(), 2), ("sad".into(), 1), ("yes".into(), 1)]);
+    }
+
+    #[test]
+    fn a_target_not_reached_is_reported() {
+        use crate::reachy::urdf::from_xyz_rpy;
+        let s = crate::reachy::daemon::RobotState {
+            head_joints: vec![0.0; 7],
+            antennas: [0.0, 0.0],
+            head_pose: from_xyz_rpy([0.01, 0.0, 0.0], [0.0, 0.0, 0.4]),
+            received: std::time::SystemTime::now(),
+        };
+        let reached = Motion { head: Some(HeadPose { x: 0.0105, yaw: 0.41, ..Default::default() }), ..Default::default() };
+        assert!(shortfall(&reached, &s).is_empty());
+        let m = Motion { head: Some(HeadPose { x: 0.02, yaw: 0.8, ..Default::default() }), antennas: Some([1.0, 0.0]), ..Default::default() };
+        let short = shortfall(&m, &s);
+        assert_eq!(short.len(), 3, "{short:?}");
+        assert!(short[0].starts_with("x 10.0 mm instead of 20.0 mm"), "{short:?}");
     }
 
     #[test]
