@@ -97,7 +97,13 @@ def main():
             lat.append((time.perf_counter() - t) * 1000)
             if err:
                 raise RuntimeError(f"goto_target failed: {text}")
-        # For comparison: the same request straight to the daemon's HTTP API (no MCP, no driver).
+        # For comparison: the MCP round trip alone (a tool that answers without the daemon: no camera)…
+        bare = []
+        for _ in range(args.calls):
+            t = time.perf_counter()
+            mcp.call("take_picture")
+            bare.append((time.perf_counter() - t) * 1000)
+        # … and the same request straight to the daemon's HTTP API (no MCP, no driver).
         direct = []
         for i in range(args.calls):
             t = time.perf_counter()
@@ -114,6 +120,7 @@ def main():
         figures = {
             "goto_wait_false_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
                                    "min": min(lat), "max": max(lat), "calls": len(lat)},
+            "mcp_round_trip_ms": {"p50": pct(bare, 50), "p95": pct(bare, 95), "max": max(bare)},
             "daemon_goto_direct_ms": {"p50": pct(direct, 50), "p95": pct(direct, 95), "max": max(direct)},
             "joint_states": {"hz": rate, "gap_p50_ms": pct(gaps, 50), "gap_p95_ms": pct(gaps, 95),
                              "gap_max_ms": max(gaps), "seconds": args.seconds},
@@ -122,6 +129,8 @@ def main():
         g = figures["goto_wait_false_ms"]
         print(f"\nMCP goto_target(wait=false) -> daemon -> reply, {len(lat)} calls (ms)")
         print(f"  p50 {g['p50']:.2f}   p95 {g['p95']:.2f}   p99 {g['p99']:.2f}   min {g['min']:.2f}   max {g['max']:.2f}")
+        b = figures["mcp_round_trip_ms"]
+        print(f"  (MCP round trip alone, a tool not touching the daemon: p50 {b['p50']:.2f}   p95 {b['p95']:.2f}   max {b['max']:.2f})")
         d = figures["daemon_goto_direct_ms"]
         print(f"  (the daemon alone, POST /api/move/goto from Python: p50 {d['p50']:.2f}   p95 {d['p95']:.2f}   max {d['max']:.2f})")
         j = figures["joint_states"]
