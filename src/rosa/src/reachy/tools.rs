@@ -594,4 +594,87 @@ mod tests {
             assert!(schema.contains(s), "goto_target schema lacks {s}: {schema}");
         }
     }
+
+    /// Over real HTTP, with a daemon that is not there: every robot tool fails fast with a clear
+    /// message as an `is_error` result; speak still works (it needs no daemon).
+    #[tokio::test]
+    async fn tools_over_http_fail_fast_without_a_daemon() {
+        use crate::reachy::speech::{Audio, SpeechError, Tts, WavFiles};
+        use rmcp::model::{CallToolRequestParams, ClientConfig};
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        use rmcp::transport::StreamableHttpClientTransport;
+        use rmcp::ServiceExt;
+
+        struct Beep;
+        #[async_trait::async_trait]
+        impl Tts for Beep {
+            async fn synthesize(&self, _: &str) -> Result<Audio, SpeechError> {
+                Ok(Audio { samples: vec![1000; 1600], sample_rate: 16_000 })
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("rosa-tools-test-{}", std::process::id()));
+        let (daemon, _handles) = Daemon::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
+        let sink = Arc::new(WavFiles { dir: dir.join("speech"), count: Default::default() });
+        let driver = Arc::new(Driver {
+            daemon,
+            limits: Limits::default(),
+            speech: SpeechQueue::start(Arc::new(Beep), sink, 4),
+            camera: Camera::None,
+            vision: None,
+            data_dir: dir.clone(),
+            emotions_dataset: "pollen-robotics/reachy-mini-emotions-library".into(),
+            move_timeout_margin: 1.0,
+        });
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (addr, server) = serve(ReachyTools::new(driver), "127.0.0.1", 0, "/mcp", cancel.clone()).await.unwrap();
+        let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp")));
+        let client = ClientConfig::default().serve(transport).await.unwrap();
+        let call = |name: &str, args: serde_json::Value| {
+            let p = CallToolRequestParams::new(name.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+            let client = &client;
+            async move {
+                let r = tokio::time::timeout(Duration::from_secs(5), client.call_tool(p)).await.expect("answered").expect("routed");
+                let text: Vec<String> = r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect();
+                (r.is_error == Some(true), text.join("\n"))
+            }
+        };
+        for (tool, args) in [
+            ("goto_target", serde_json::json!({"yaw": 10})),
+            ("move_head_left", serde_json::json!({})),
+            ("reset_head", serde_json::json!({})),
+            ("stop_move", serde_json::json!({})),
+            ("wake_up", serde_json::json!({})),
+            ("go_to_sleep", serde_json::json!({})),
+            ("list_emotions", serde_json::json!({})),
+            ("play_emotion", serde_json::json!({"emotion": "cheerful"})),
+            ("move_to_audio", serde_json::json!({})),
+        ] {
+            let t = std::time::Instant::now();
+            let (err, text) = call(tool, args).await;
+            assert!(err, "{tool}: {text}");
+            assert!(text.contains("not reachable") && text.contains("http://127.0.0.1:9"), "{tool}: {text}");
+            assert!(t.elapsed() < Duration::from_millis(500), "{tool} took {:?}", t.elapsed());
+        }
+        let (err, text) = call("take_picture", serde_json::json!({})).await;
+        assert!(err && text.contains("no camera is configured"), "{text}");
+        let (err, text) = call("describe_image", serde_json::json!({"image": "x.jpg"})).await;
+        assert!(err && text.contains("no vision model"), "{text}");
+        let (err, text) = call("goto_target", serde_json::json!({"duration": 2})).await;
+        assert!(err && text.contains("at least one of"), "{text}");
+        let (err, text) = call("speak", serde_json::json!({"text": "hello"})).await;
+        assert!(!err, "{text}");
+        let (err, _) = call("speak", serde_json::json!({"text": " "})).await;
+        assert!(err);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !dir.join("speech/speech-0001.wav").exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the utterance was written");
+        let _ = client.cancel().await;
+        cancel.cancel();
+        let _ = server.await;
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
