@@ -56,6 +56,11 @@ def tree_rss_mb(pid):
     return total
 
 
+def cpu_seconds(pid):
+    f = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs, q):
     s = sorted(xs)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
@@ -111,7 +116,9 @@ def main():
             direct.append((time.perf_counter() - t) * 1000)
         # 2. /joint_states rate, while the head keeps moving.
         start = time.monotonic()
+        cpu0 = cpu_seconds(drv.pid)
         time.sleep(args.seconds)
+        cpu = (cpu_seconds(drv.pid) - cpu0) / (time.monotonic() - start) * 100
         stamps = [t for t, _ in peer.received_at("/joint_states") if start <= t <= start + args.seconds]
         gaps = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
         rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -123,7 +130,7 @@ def main():
             "mcp_round_trip_ms": {"p50": pct(bare, 50), "p95": pct(bare, 95), "max": max(bare)},
             "daemon_goto_direct_ms": {"p50": pct(direct, 50), "p95": pct(direct, 95), "max": max(direct)},
             "joint_states": {"hz": rate, "gap_p50_ms": pct(gaps, 50), "gap_p95_ms": pct(gaps, 95),
-                             "gap_max_ms": max(gaps), "seconds": args.seconds},
+                             "gap_max_ms": max(gaps), "seconds": args.seconds, "driver_cpu_percent": cpu},
             "rss_mb": {"idle": idle, "after_calls": after},
         }
         g = figures["goto_wait_false_ms"]
@@ -135,7 +142,7 @@ def main():
         print(f"  (the daemon alone, POST /api/move/goto from Python: p50 {d['p50']:.2f}   p95 {d['p95']:.2f}   max {d['max']:.2f})")
         j = figures["joint_states"]
         print(f"\n/joint_states: {j['hz']:.1f} Hz over {args.seconds:.0f} s; gaps p50 {j['gap_p50_ms']:.1f} ms, "
-              f"p95 {j['gap_p95_ms']:.1f} ms, max {j['gap_max_ms']:.1f} ms")
+              f"p95 {j['gap_p95_ms']:.1f} ms, max {j['gap_max_ms']:.1f} ms; driver CPU {cpu:.1f} % of one core")
         print(f"\nRSS (MB): driver {idle['driver']:.1f} idle, {after['driver']:.1f} after the calls; "
               f"daemon {idle['daemon']:.1f} idle, {after['daemon']:.1f} after")
         if args.json:

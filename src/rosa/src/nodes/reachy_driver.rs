@@ -121,7 +121,7 @@ impl Default for ReachyParams {
             mcp_bind: "127.0.0.1".into(),
             mcp_port: 5001,
             mcp_path: "/mcp".into(),
-            publish_rate_hz: 50.0,
+            publish_rate_hz: 100.0,
             request_timeout_sec: 10.0,
             reconnect_sec: 1.0,
             data_dir: String::new(),
@@ -384,14 +384,18 @@ pub async fn run() -> anyhow::Result<()> {
         let period = Duration::from_secs_f64(1.0 / params.publish_rate_hz.clamp(1.0, 200.0));
         let mut pubs = StatePublisher { joints, tf, tf_static, description, urdf: None, urdf_text: String::new(), static_sent: false };
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut last: Option<SystemTime> = None;
+            // Publish each new state from the stream (at most every `period`); check the link and
+            // the URDF at least every 200 ms.
+            let mut states = daemon.state_watch();
+            let mut last_sent = std::time::Instant::now() - period;
             let mut was_connected = false;
             let mut urdf_due = true;
             let (mut count, mut window) = (0u32, std::time::Instant::now());
             loop {
-                tick.tick().await;
+                let fresh = tokio::select! {
+                    r = states.changed() => r.is_ok(),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+                };
                 let connected = daemon.link().is_connected();
                 if connected && !was_connected {
                     urdf_due = true; // (re)connected: the daemon may have restarted
@@ -406,10 +410,11 @@ pub async fn run() -> anyhow::Result<()> {
                         Err(e) => tracing::warn!("cannot get the URDF yet: {e}"),
                     }
                 }
-                if let Some(s) = daemon.state() {
-                    if connected && Some(s.received) != last {
-                        last = Some(s.received);
+                if fresh && connected && last_sent.elapsed() >= period.mul_f64(0.9) {
+                    let s = states.borrow_and_update().clone();
+                    if let Some(s) = s {
                         pubs.publish(&s);
+                        last_sent = std::time::Instant::now();
                         count += 1;
                     }
                 }

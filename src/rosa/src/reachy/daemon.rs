@@ -404,9 +404,16 @@ pub async fn run_stream(base: String, h: StreamHandles, retry: Duration, stale: 
                         tokio_tungstenite::tungstenite::Message::Close(_) => break "the daemon closed the stream".to_string(),
                         _ => continue,
                     };
+                    // A state is published per joints message (the daemon's control rate), with
+                    // the latest head pose.
                     match parse_stream_msg(&text) {
                         StreamMsg::Joints { head, antennas } => joints = Some((head, antennas)),
-                        StreamMsg::HeadPose(m) => pose = Some(m),
+                        StreamMsg::HeadPose(m) => {
+                            pose = Some(m);
+                            if marked {
+                                continue;
+                            }
+                        }
                         StreamMsg::Status { state, version, simulation } => {
                             let link = Link::Connected { since: SystemTime::now(), daemon_state: state, version, simulation };
                             h.link.send_if_modified(|l| match (l, &link) {
