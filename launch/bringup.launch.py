@@ -2,7 +2,8 @@
 
     ros2 launch rosa bringup.launch.py llm_url:=http://localhost:6000/v1 llm_model:=openai/gpt-oss-120b
 
-Every node gets its parameters from config/rosa.yaml (installed to share/rosa/config) and is
+The reachy_driver expects a Reachy Mini daemon at `daemon_url` (config/rosa.yaml; `./rosa up` starts a
+simulated one). Every node gets its parameters from config/rosa.yaml (installed to share/rosa/config) and is
 respawned if it dies. `./rosa up` starts the same graph without launch_ros.
 """
 
@@ -52,7 +53,7 @@ def generate_launch_description():
 
     url_params = [{"llm.urls": [llm_url], "llm.models": [llm_model], "llm.key_envs": [""]}]
     nodes = []
-    for exe in ("process_manager", "kernel"):
+    for exe in ("process_manager", "kernel", "reachy_driver"):
         nodes.append(node(exe, with_url, url_params))
         nodes.append(node(exe, without_url, []))
     return LaunchDescription(args + nodes)

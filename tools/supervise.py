@@ -1,5 +1,9 @@
 """`./rosa up`: run the rosa graph on this machine, supervised.
 
+By default the Reachy Mini daemon runs in headless mockup simulation (`--sim mujoco` for physics,
+`--reachy-url URL` for a real robot's daemon, `--no-sim` for no robot); once it reports
+`"state": "running"` the reachy_driver node starts and serves its MCP tools (default port 5001).
+
 Every node runs as a child process with the parameters of config/rosa.yaml (plus the overrides given
 on the command line); its output goes to the terminal, prefixed with the node's name, and to
 <log dir>/<node>.log. A node that dies is restarted after a delay that grows while it keeps dying
@@ -8,12 +12,14 @@ a grace period.
 """
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -39,6 +45,8 @@ class Supervised:
         self.log.write(line if line.endswith("\n") else line + "\n")
 
     def start(self):
+        if self.stopping:
+            return
         self.say(f"starting: {' '.join(self.argv)}")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
@@ -78,6 +86,14 @@ class Supervised:
             self.proc.wait()
 
 
+def daemon_running(url):
+    try:
+        with urllib.request.urlopen(url + "/api/daemon/status", timeout=1) as r:
+            return json.loads(r.read()).get("state") == "running"
+    except (OSError, ValueError):
+        return False
+
+
 def main():
     p = argparse.ArgumentParser(prog="./rosa up", description="Run the rosa graph on this machine.")
     p.add_argument("--llm-url", default=os.environ.get("ROSA_LLM_URL"),
@@ -88,7 +104,15 @@ def main():
     p.add_argument("--robots", default=os.environ.get("ROSA_ROBOTS"),
                    help="robots registry: YAML or the seed's drivers.json (env ROSA_ROBOTS)")
     p.add_argument("--params", default=str(ROOT / "config" / "rosa.yaml"), help="ROS 2 parameters file")
-    p.add_argument("--no-sim", action="store_true", help="do not start a simulated Reachy Mini")
+    robot = p.add_mutually_exclusive_group()
+    robot.add_argument("--sim", choices=["mockup", "mujoco"], default="mockup",
+                       help="simulated Reachy Mini daemon: mockup (no physics, default) or mujoco (physics, headless)")
+    robot.add_argument("--reachy-url", default=os.environ.get("ROSA_REACHY_URL"),
+                       help="drive the real Reachy Mini whose daemon is at this URL (env ROSA_REACHY_URL); no simulation")
+    robot.add_argument("--no-sim", action="store_true", help="no Reachy Mini: neither the daemon nor its driver")
+    p.add_argument("--daemon-port", type=int, default=8000, help="port of the simulated daemon (default 8000)")
+    p.add_argument("--mcp-port", type=int, default=None,
+                   help="port of reachy_driver's MCP server (default: mcp_port of the params file, 5001)")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
     args = p.parse_args()
 
@@ -113,23 +137,59 @@ def main():
     env.setdefault("ROSA_CONFIG_DIR", str(ROOT / "config"))
     env.setdefault("RUST_LOG", "info")
 
-    # The nodes that exist, in start order.
+    # The nodes, in start order; the Reachy Mini driver once its daemon runs.
     nodes = ["process_manager", "kernel"]
-    if not args.no_sim:
-        print("rosa: no simulated robot is part of this build yet (the Reachy Mini driver comes later); "
-              "robots in the registry are used if they are reachable")
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):
         argv = [str(prefix / name), "--ros-args", "--params-file", args.params, *overrides]
         procs.append(Supervised(name, argv, env, log_dir, COLORS[i % len(COLORS)], lock))
 
+    daemon = driver = None
+    daemon_url = None
+    if not args.no_sim:
+        if args.reachy_url:
+            daemon_url = args.reachy_url.rstrip("/")
+        else:
+            exe = Path(os.environ.get("ROSA_REACHY_DAEMON", ROOT / ".rosa" / "reachy" / "bin" / "reachy-mini-daemon"))
+            if not exe.exists():
+                sys.exit(f"rosa: {exe} is missing: run ./rosa setup (or use --no-sim / --reachy-url)")
+            sim = ["--mockup-sim"] if args.sim == "mockup" else ["--sim"]
+            daemon_url = f"http://127.0.0.1:{args.daemon_port}"
+            denv = dict(env, DO_NOT_TRACK=env.get("DO_NOT_TRACK", "1"))
+            daemon = Supervised("reachy_daemon", [str(exe), *sim, "--headless", "--no-media",
+                                                  "--fastapi-port", str(args.daemon_port)],
+                                denv, log_dir, COLORS[2], lock)
+        dargs = ["-p", f"daemon_url:={daemon_url}"]
+        if args.mcp_port:
+            dargs += ["-p", f"mcp_port:={args.mcp_port}"]
+        driver = Supervised("reachy_driver", [str(prefix / "reachy_driver"), "--ros-args", "--params-file",
+                                              args.params, *overrides, *dargs], env, log_dir, COLORS[3], lock)
+
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"rosa: logs in {log_dir}; ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops everything")
+    if daemon:
+        daemon.start()
     for s in procs:
         s.start()
+    if daemon:
+        # The driver starts once the daemon runs (a restarting driver reconnects by itself).
+        t0 = time.monotonic()
+        while not stop.is_set() and not daemon_running(daemon_url):
+            daemon.check()
+            if time.monotonic() - t0 > 120:
+                print("rosa: the Reachy Mini daemon is still not running after 120 s; starting the driver anyway")
+                break
+            stop.wait(0.3)
+        else:
+            if not stop.is_set():
+                print(f"rosa: Reachy Mini daemon running at {daemon_url} ({time.monotonic() - t0:.1f} s)")
+        procs.insert(0, daemon)
+    if driver and not stop.is_set():
+        driver.start()
+        procs.append(driver)
     while not stop.wait(0.5):
         for s in procs:
             s.check()

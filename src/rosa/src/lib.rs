@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod llm;
 pub mod mcp_tools;
 pub mod process;
+pub mod reachy;
 pub mod robots;
 pub mod worker;
 

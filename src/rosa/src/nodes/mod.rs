@@ -2,3 +2,4 @@
 pub mod kernel;
 pub mod process_manager;
 pub mod worker;
+pub mod reachy_driver;
