@@ -67,8 +67,9 @@ def test_command_launches_a_worker_that_calls_the_robot_and_reports_back(graph, 
 
     # The worker's own report was published as an Update, and the table shows it succeeded.
     peer.wait_for_msg("/rosa/updates", lambda m: m.role == "worker" and m.worker_id == cb.worker_id)
-    row = wait_until(lambda: (r := table_row(peer, cb.worker_id)) and r.state == "succeeded" and r, 10, "succeeded row")
-    assert row.last_tool == "wave" and row.robots == ["testbot"] and row.pid == 0
+    # Succeeded as soon as it reported; pid 0 once the process has exited and been reaped.
+    row = wait_until(lambda: (r := table_row(peer, cb.worker_id)) and r.state == "succeeded" and r.pid == 0 and r, 10, "succeeded row")
+    assert row.last_tool == "wave" and row.robots == ["testbot"]
 
     # The worker got the robot description and the task in its system prompt.
     worker_req = llm.requests_by("worker")[0]["body"]
