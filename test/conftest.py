@@ -80,6 +80,7 @@ class Peer:
         self.lock = threading.Lock()
         self.msgs = defaultdict(list)
         self._pubs = {}
+        self._clients = {}
         self._stop = False
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
@@ -88,12 +89,16 @@ class Peer:
         while not self._stop and self.ctx.ok():
             self.executor.spin_once(timeout_sec=0.02)
 
-    def listen(self, topic, msg_type, qos=RELIABLE):
+    def listen(self, topic, msg_type, qos=RELIABLE, publishers=0, timeout=15.0):
+        """Subscribe; with `publishers`, also wait until that many publishers of the topic are
+        discovered (a volatile topic delivers nothing from a publisher not yet matched)."""
         def cb(msg, topic=topic):
             with self.lock:
                 self.msgs[topic].append((time.monotonic(), msg))
 
         self.node.create_subscription(msg_type, topic, cb, qos)
+        if publishers:
+            wait_until(lambda: self.node.count_publishers(topic) >= publishers, timeout, f"{publishers} publisher(s) of {topic}")
         return self
 
     def received(self, topic):
@@ -124,18 +129,27 @@ class Peer:
     def publish(self, topic, msg_type, msg):
         self.publisher(topic, msg_type).publish(msg)
 
+    # Clients are created once and kept: "ready" means the request path is matched, while the
+    # server's reply writer may match the client's reader a moment later, and a reply sent before
+    # that is lost. A client that has been around since the graph came up does not hit that window.
+    def client(self, srv_type, name, timeout=15.0):
+        key = ("srv", srv_type, name)
+        if key not in self._clients:
+            self._clients[key] = self.node.create_client(srv_type, name)
+        client = self._clients[key]
+        wait_until(client.service_is_ready, timeout, f"service {name}")
+        return client
+
     def call(self, srv_type, name, request, timeout=15.0):
-        client = self.node.create_client(srv_type, name)
-        try:
-            wait_until(client.service_is_ready, timeout, f"service {name}")
-            fut = client.call_async(request)
-            wait_until(fut.done, timeout, f"the answer of {name}")
-            return fut.result()
-        finally:
-            self.node.destroy_client(client)
+        fut = self.client(srv_type, name, timeout).call_async(request)
+        wait_until(fut.done, timeout, f"the answer of {name}")
+        return fut.result()
 
     def action_client(self, action_type, name, timeout=15.0):
-        client = ActionClient(self.node, action_type, name)
+        key = ("action", action_type, name)
+        if key not in self._clients:
+            self._clients[key] = ActionClient(self.node, action_type, name)
+        client = self._clients[key]
         wait_until(client.server_is_ready, timeout, f"action server {name}")
         return client
 

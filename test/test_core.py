@@ -21,11 +21,14 @@ from support.scripted_llm import Calls, Hang, Reply, ToolCall, default_handler, 
 def start_core(graph, peer, **pm_params):
     graph.start("process_manager", **pm_params)
     graph.start("kernel")
-    peer.listen("/rosa/worker_callback", WorkerCallback)
-    peer.listen("/rosa/updates", Update)
-    peer.listen("/rosa/events", KernelEvent)
-    peer.listen("/rosa/processes", ProcessTable, LATCHED)
+    peer.listen("/rosa/worker_callback", WorkerCallback, publishers=1)
+    peer.listen("/rosa/updates", Update, publishers=2)
+    peer.listen("/rosa/events", KernelEvent, publishers=1)
+    peer.listen("/rosa/processes", ProcessTable, LATCHED, publishers=1)
     peer.action_client(LaunchProcess, "/rosa/launch_process")
+    for srv_type, name in ((Chat, "/rosa/chat"), (ListProcesses, "/rosa/list_processes"),
+                           (TerminateProcess, "/rosa/terminate_process")):
+        peer.client(srv_type, name)
     peer.publisher("/rosa/command", String)  # waits for the kernel's subscription
 
 
@@ -207,7 +210,7 @@ def test_unreachable_llm_gives_an_update_and_no_crash(graph, peer):
     # Nothing listens on port 9 of loopback: every LLM call is refused.
     graph.start("process_manager")
     graph.start("kernel", llm_url="http://127.0.0.1:9/v1")
-    peer.listen("/rosa/updates", Update)
+    peer.listen("/rosa/updates", Update, publishers=2)
     peer.publish("/rosa/command", String, String(data="wave"))
     upd = peer.wait_for_msg("/rosa/updates", lambda m: m.role == "system", timeout=20)
     assert "LLM unreachable" in upd.text and "[User typed] wave" in upd.text
@@ -271,7 +274,7 @@ def test_a_burst_of_commands_is_queued_and_overflow_is_refused_out_loud(graph, p
     llm.handler = handler
     graph.start("process_manager")
     graph.start("kernel", queue_size=3)
-    peer.listen("/rosa/updates", Update).listen("/rosa/events", KernelEvent)
+    peer.listen("/rosa/updates", Update, publishers=2).listen("/rosa/events", KernelEvent, publishers=1)
     pub = peer.publisher("/rosa/command", String)
     for i in range(8):
         pub.publish(String(data=f"cmd {i}"))

@@ -400,7 +400,7 @@ def test_text_command_moves_the_real_robot(tmp_path, daemon):
         try:
             d.graph.start("process_manager")
             d.graph.start("kernel")
-            peer.listen("/rosa/worker_callback", WorkerCallback)
+            peer.listen("/rosa/worker_callback", WorkerCallback, publishers=1)
             peer.publisher("/rosa/command", String)
             peer.publish("/rosa/command", String, String(data="look up and to the left"))
             cb = peer.wait_for_msg("/rosa/worker_callback", lambda m: m.final, timeout=40)

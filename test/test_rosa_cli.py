@@ -39,7 +39,7 @@ def test_up_say_respawn_and_ctrl_c(tmp_path, domain_id, llm, robot, peer):
                            "--robots", str(robots), "--log-dir", str(log_dir), "--no-sim"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        peer.listen("/rosa/updates", Update)
+        peer.listen("/rosa/updates", Update, publishers=2)
         wait_until(lambda: "kernel ready" in read(log_dir / "kernel.log"), 20, "the kernel to start")
         say = subprocess.run([str(ROOT / "rosa"), "say", "wave at me"], env=env, capture_output=True, text=True, timeout=30)
         assert say.returncode == 0, say.stderr
