@@ -66,6 +66,8 @@ def wait_until(pred, timeout, what):
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# The conversation topics keep recent history for late joiners (see ros::recent in the nodes).
+RECENT = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class Peer:
@@ -89,13 +91,15 @@ class Peer:
         while not self._stop and self.ctx.ok():
             self.executor.spin_once(timeout_sec=0.02)
 
-    def listen(self, topic, msg_type, qos=RELIABLE, publishers=0, timeout=15.0):
+    def listen(self, topic, msg_type, qos=None, publishers=0, timeout=15.0):
         """Subscribe; with `publishers`, also wait until that many publishers of the topic are
         discovered (a volatile topic delivers nothing from a publisher not yet matched)."""
         def cb(msg, topic=topic):
             with self.lock:
                 self.msgs[topic].append((time.monotonic(), msg))
 
+        if qos is None:
+            qos = RECENT if topic in ("/rosa/updates", "/rosa/events", "/rosa/worker_callback") else RELIABLE
         self.node.create_subscription(msg_type, topic, cb, qos)
         if publishers:
             wait_until(lambda: self.node.count_publishers(topic) >= publishers, timeout, f"{publishers} publisher(s) of {topic}")

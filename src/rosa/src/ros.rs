@@ -160,6 +160,14 @@ pub fn latched() -> QosProfile {
     QosProfile::default().reliable().transient_local().keep_last(1)
 }
 
+/// Reliable, transient-local, keep-last `depth`: the conversation topics (`/rosa/updates`,
+/// `/rosa/events`, `/rosa/worker_callback`). A subscriber that asks for transient-local (a UI that
+/// connects late, a test) gets the recent history; volatile subscribers (the kernel, `ros2 topic
+/// echo`) get only what follows, so a respawned kernel does not consume old callbacks again.
+pub fn recent(depth: usize) -> QosProfile {
+    QosProfile::default().reliable().transient_local().keep_last(depth)
+}
+
 /// Resolve when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

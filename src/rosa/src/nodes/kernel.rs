@@ -227,8 +227,8 @@ pub async fn run() -> anyhow::Result<()> {
     let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(100))?;
     let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
     let mut chats = node.create_service::<Chat::Service>("/rosa/chat", QosProfile::services_default())?;
-    let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::reliable(100))?;
-    let updates = node.create_publisher::<Update>("/rosa/updates", ros::reliable(100))?;
+    let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
+    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
     let processes = RosProcesses {
         launch: node.create_action_client::<LaunchProcess::Action>("/rosa/launch_process")?,
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,

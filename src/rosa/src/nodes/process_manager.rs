@@ -420,8 +420,8 @@ pub async fn run() -> anyhow::Result<()> {
     let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?;
     let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?;
     let table_pub = node.create_publisher::<ProcessTableMsg>("/rosa/processes", ros::latched())?;
-    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
-    let update_pub = node.create_publisher::<Update>("/rosa/updates", ros::reliable(100))?;
+    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::recent(50))?;
+    let update_pub = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let ctx = Ctx {
