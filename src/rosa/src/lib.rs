@@ -8,6 +8,7 @@ pub mod llm;
 pub mod mcp_tools;
 pub mod process;
 pub mod robots;
+pub mod stt;
 pub mod worker;
 
 pub mod nodes;

@@ -1,0 +1,318 @@
+//! The `stt` node: ROS endpoints around [`crate::stt`].
+//!
+//! Threads: the audio source (a file, an input device, or the topic's stream in a tokio task)
+//! feeds the listening thread (resampling, VAD, endpointing, muting), which queues utterances for
+//! the whisper thread; results come back to the tokio side, which applies the wake word and
+//! publishes. Capture never waits for whisper.
+//!
+//! Publishes `/rosa/stt/transcript` (Transcript), `/rosa/stt/listening` (std_msgs/Bool,
+//! transient-local: whether what the user says now is forwarded), `/rosa/stop_speaking`
+//! (std_msgs/Empty, barge-in). Subscribes `/rosa/speaking` (std_msgs/Bool) and, for
+//! `audio_source: topic:<name>`, `<name>` (AudioData, best-effort).
+
+use crate::ros::{self, Spinner};
+use crate::stt::audio::{chunk_from_pcm, SourceSpec};
+use crate::stt::capture::{self, Input};
+use crate::stt::endpoint::WebRtcVad;
+use crate::stt::listener::{Heard, Listener, ListenerConfig};
+use crate::stt::params::SttParams;
+use crate::stt::transcribe::{Done, Job, Refused, Whisper, Worker};
+use crate::stt::wake::{Decision, WakeGate};
+use crate::stt::{model, secs};
+use anyhow::Context as _;
+use futures::StreamExt;
+use r2r::rosa_interfaces::msg::{AudioData, Transcript};
+use r2r::std_msgs::msg::{Bool, Empty, Header};
+use r2r::{Node, Publisher, QosProfile};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What an utterance carries through the whisper thread.
+struct Meta {
+    start: SystemTime,
+    end: SystemTime,
+    /// When the speaker stopped (end of the last voiced frame).
+    speech_end: SystemTime,
+    /// Stream seconds (the wake-word window's clock).
+    start_sec: f64,
+    end_sec: f64,
+    /// When the endpointer decided the utterance was over.
+    endpointed: Instant,
+}
+
+enum Out {
+    Done(Done<Meta>),
+    BargeIn,
+}
+
+/// State shared between the listening thread, the subscriptions and the publisher.
+#[derive(Default)]
+struct Shared {
+    /// Stream position, 16 kHz samples.
+    position: AtomicU64,
+    /// Not muted by the robot's speech.
+    hearing: AtomicBool,
+    /// `/rosa/speaking`.
+    speaking: AtomicBool,
+    /// Audio is flowing (or may: a topic, a file being played).
+    source_up: AtomicBool,
+}
+
+fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker: Worker<Meta>, wait_for_whisper: bool, shared: Arc<Shared>, out: tokio::sync::mpsc::UnboundedSender<Out>) {
+    let listener = WebRtcVad::new(aggressiveness).map_err(anyhow::Error::from).and_then(|vad| Ok(Listener::new(cfg, vad)?));
+    let mut l = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot start listening: {e}");
+            return;
+        }
+    };
+    shared.hearing.store(true, Ordering::Relaxed);
+    for input in rx {
+        let speaking = shared.speaking.load(Ordering::Relaxed);
+        if speaking != l.speaking() {
+            l.set_speaking(speaking);
+        }
+        let heard = match input {
+            Input::Audio(chunk) => l.push_chunk(&chunk),
+            Input::End => l.flush(),
+        };
+        for h in heard {
+            match h {
+                Heard::SpeechStarted { start } => tracing::debug!(at_sec = format!("{:.2}", secs(start)), "speech started"),
+                Heard::Dropped { start, why } => tracing::info!(at_sec = format!("{:.2}", secs(start)), "speech not transcribed: {why}"),
+                Heard::BargeIn => {
+                    tracing::info!("the user talks over the robot: asking it to stop speaking (barge-in)");
+                    let _ = out.send(Out::BargeIn);
+                }
+                Heard::Utterance { utterance, start, end } => {
+                    let meta = Meta {
+                        start,
+                        end,
+                        speech_end: l.wall_time(utterance.speech_end),
+                        start_sec: secs(utterance.start),
+                        end_sec: secs(utterance.end),
+                        endpointed: Instant::now(),
+                    };
+                    let audio_sec = utterance.duration_secs();
+                    let job = Job { pcm: utterance.samples, tag: meta };
+                    let queued = if wait_for_whisper { worker.submit_wait(job) } else { worker.submit(job) };
+                    match queued {
+                        Ok(()) => tracing::debug!(audio_sec = format!("{audio_sec:.2}"), "utterance queued for whisper"),
+                        Err(Refused::Full { dropped }) => tracing::warn!(
+                            audio_sec = format!("{audio_sec:.2}"),
+                            dropped_total = dropped,
+                            "whisper is behind and its queue is full: utterance dropped"
+                        ),
+                        Err(Refused::Stopped) => tracing::error!("the whisper thread has stopped: utterance dropped"),
+                    }
+                }
+            }
+        }
+        shared.position.store(l.position(), Ordering::Relaxed);
+        shared.hearing.store(l.hearing(), Ordering::Relaxed);
+    }
+    tracing::debug!("listening thread: the audio source is gone");
+}
+
+fn publish_transcript(p: &Publisher<Transcript>, frame_id: &str, text: &str, wake_word: bool, m: &Meta) {
+    let msg = Transcript {
+        header: Header { stamp: ros::now(), frame_id: frame_id.to_string() },
+        text: text.to_string(),
+        start_time: ros::stamp(m.start),
+        end_time: ros::stamp(m.end),
+        wake_word,
+        doa_valid: false,
+        doa: 0.0,
+    };
+    if let Err(e) = p.publish(&msg) {
+        tracing::error!(error = %e, "cannot publish /rosa/stt/transcript");
+    }
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let ctx = r2r::Context::create()?;
+    let mut node = Node::create(ctx, "stt", "/rosa")?;
+    let params: SttParams = ros::load_config(&mut node)?;
+    params.validate().map_err(|e| anyhow::anyhow!("node /rosa/stt: {e}"))?;
+    let source = params.source()?;
+
+    // The model first: a missing or broken one is an error at start, not at the first utterance.
+    let model_path = model::resolve(&params.model)?;
+    let wcfg = params.whisper();
+    let t0 = Instant::now();
+    let whisper = tokio::task::spawn_blocking(move || Whisper::load(&model_path, wcfg)).await.context("loading the whisper model")??;
+    tracing::info!(
+        model = %whisper.path.display(),
+        size = whisper.info.size_name(),
+        english_only = whisper.info.english_only(),
+        load_sec = format!("{:.2}", t0.elapsed().as_secs_f64()),
+        "whisper model loaded"
+    );
+
+    let transcripts = node.create_publisher::<Transcript>("/rosa/stt/transcript", ros::reliable(100))?;
+    let listening_pub = node.create_publisher::<Bool>("/rosa/stt/listening", ros::latched())?;
+    let stop_speaking = node.create_publisher::<Empty>("/rosa/stop_speaking", ros::reliable(10))?;
+    let speaking_sub = node.subscribe::<Bool>("/rosa/speaking", ros::reliable(10))?;
+    let audio_sub = match &source {
+        SourceSpec::Topic(t) => Some(node.subscribe::<AudioData>(t, QosProfile::default().best_effort().keep_last(200))?),
+        _ => None,
+    };
+    let spinner = Spinner::start(node, Duration::from_millis(10));
+
+    let shared = Arc::new(Shared::default());
+    let (in_tx, in_rx) = sync_channel::<Input>(256);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
+    let done_tx = out_tx.clone();
+    let worker = Worker::start(whisper, params.queue_size as usize, move |d| {
+        let _ = done_tx.send(Out::Done(d));
+    });
+    let wait_for_whisper = matches!(source, SourceSpec::File(_)) && !params.file_realtime;
+    {
+        let (cfg, aggr, sh) = (params.listener(), params.vad.aggressiveness, shared.clone());
+        std::thread::Builder::new().name("listen".into()).spawn(move || listen(in_rx, cfg, aggr, worker, wait_for_whisper, sh, out_tx))?;
+    }
+
+    {
+        let sh = shared.clone();
+        tokio::spawn(speaking_sub.for_each(move |m| {
+            if sh.speaking.swap(m.data, Ordering::Relaxed) != m.data {
+                tracing::info!(speaking = m.data, "{}", if m.data { "the robot speaks: not listening" } else { "the robot stopped speaking" });
+            }
+            futures::future::ready(())
+        }));
+    }
+
+    // The audio source.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut _device = None;
+    match &source {
+        SourceSpec::File(path) => {
+            let (_, secs) = capture::spawn_file(path.clone(), params.file_realtime, in_tx.clone(), stop.clone())?;
+            shared.source_up.store(true, Ordering::Relaxed);
+            tracing::info!(path = %path.display(), secs = format!("{secs:.1}"), realtime = params.file_realtime, "listening to a WAV file");
+        }
+        SourceSpec::Default | SourceSpec::Device(_) => {
+            let name = if let SourceSpec::Device(n) = &source { Some(n.clone()) } else { None };
+            let tx = in_tx.clone();
+            match tokio::task::spawn_blocking(move || capture::open_device(name, tx)).await? {
+                Ok(d) => {
+                    tracing::info!(device = %d.name, rate = d.rate, channels = d.channels, "listening to an input device");
+                    shared.source_up.store(true, Ordering::Relaxed);
+                    _device = Some(d);
+                }
+                Err(e) => tracing::error!(
+                    "no audio input ({e}); the stt node stays up without audio and /rosa/stt/listening is false. \
+                     Set audio_source to device:<name>, file:<wav>, topic:<name> or none"
+                ),
+            }
+        }
+        SourceSpec::Topic(topic) => {
+            let mut sub = audio_sub.expect("subscribed above");
+            let tx = in_tx.clone();
+            let topic = topic.clone();
+            shared.source_up.store(true, Ordering::Relaxed);
+            tracing::info!(%topic, "listening to rosa_interfaces/msg/AudioData on a topic");
+            tokio::spawn(async move {
+                let (mut bad, mut lost) = (0u64, 0u64);
+                while let Some(m) = sub.next().await {
+                    let first = (m.header.stamp.sec != 0 || m.header.stamp.nanosec != 0).then(|| {
+                        SystemTime::UNIX_EPOCH + Duration::new(m.header.stamp.sec.max(0) as u64, m.header.stamp.nanosec)
+                    });
+                    match chunk_from_pcm(&m.samples, m.channels, m.sample_rate, first) {
+                        Ok(c) => {
+                            if let Err(TrySendError::Full(_)) = tx.try_send(Input::Audio(c)) {
+                                lost += 1;
+                                if lost.is_power_of_two() {
+                                    tracing::warn!(%topic, lost, "audio chunks arrive faster than they are processed: dropped");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            bad += 1;
+                            if bad.is_power_of_two() {
+                                tracing::warn!(%topic, bad, "ignored an AudioData message: {e}");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        SourceSpec::None => tracing::info!("audio_source is none: not listening"),
+    }
+    drop(in_tx);
+
+    let mut gate = WakeGate::new(&params.wake_word, params.wake_window_sec);
+    if gate.enabled() {
+        tracing::info!(wake_word = %params.wake_word, window_sec = params.wake_window_sec, "stt ready: forwarding what follows the wake word");
+    } else {
+        tracing::info!("stt ready: forwarding everything (no wake word)");
+    }
+    let mut listening: Option<bool> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let shutdown = ros::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            o = out_rx.recv() => match o {
+                Some(Out::BargeIn) => {
+                    if let Err(e) = stop_speaking.publish(&Empty {}) {
+                        tracing::error!(error = %e, "cannot publish /rosa/stop_speaking");
+                    }
+                }
+                Some(Out::Done(d)) => {
+                    let Done { tag: m, result, audio_secs, took } = d;
+                    let text = match result {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(audio_sec = format!("{audio_secs:.2}"), "whisper failed on an utterance: {e}");
+                            continue;
+                        }
+                    };
+                    let whisper_sec = took.as_secs_f64();
+                    let timing = (
+                        format!("{audio_secs:.2}"),
+                        format!("{whisper_sec:.3}"),
+                        format!("{:.3}", whisper_sec / audio_secs.max(1e-3)),
+                        format!("{:.3}", m.endpointed.elapsed().as_secs_f64()),
+                        format!("{:.3}", SystemTime::now().duration_since(m.speech_end).unwrap_or_default().as_secs_f64()),
+                    );
+                    match gate.decide(&text, m.start_sec, m.end_sec) {
+                        Decision::Forward { text: fwd, wake_word } => {
+                            publish_transcript(&transcripts, &params.frame_id, &fwd, wake_word, &m);
+                            tracing::info!(
+                                text = %fwd, wake_word, audio_sec = timing.0, whisper_sec = timing.1, rtf = timing.2,
+                                endpoint_to_publish_sec = timing.3, speech_end_to_publish_sec = timing.4,
+                                "transcript published"
+                            );
+                        }
+                        Decision::Woken => tracing::info!(heard = %text, window_sec = params.wake_window_sec, "wake word: listening"),
+                        Decision::Ignore if text.is_empty() => tracing::info!(audio_sec = timing.0, "nothing recognisable in the utterance"),
+                        Decision::Ignore => tracing::info!(heard = %text, "not forwarded: no wake word"),
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let pos = secs(shared.position.load(Ordering::Relaxed));
+                let now = shared.source_up.load(Ordering::Relaxed) && shared.hearing.load(Ordering::Relaxed) && gate.is_open(pos);
+                if listening != Some(now) {
+                    listening = Some(now);
+                    if let Err(e) = listening_pub.publish(&Bool { data: now }) {
+                        tracing::error!(error = %e, "cannot publish /rosa/stt/listening");
+                    }
+                }
+            }
+            _ = &mut shutdown => {
+                tracing::info!("stt shutting down");
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(_device);
+    spinner.stop();
+    Ok(())
+}
