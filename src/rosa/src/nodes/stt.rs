@@ -11,7 +11,7 @@
 //! `audio_source: topic:<name>`, `<name>` (AudioData, best-effort).
 
 use crate::ros::{self, Spinner};
-use crate::stt::audio::{chunk_from_pcm, SourceSpec};
+use crate::stt::audio::{chunk_from_pcm, read_wav, SourceSpec};
 use crate::stt::capture::{self, Input};
 use crate::stt::endpoint::WebRtcVad;
 use crate::stt::listener::{Heard, Listener, ListenerConfig};
@@ -50,8 +50,9 @@ enum Out {
 /// State shared between the listening thread, the subscriptions and the publisher.
 #[derive(Default)]
 struct Shared {
-    /// Stream position, 16 kHz samples.
+    /// Stream position, 16 kHz samples, and when it was last updated.
     position: AtomicU64,
+    updated: std::sync::Mutex<Option<Instant>>,
     /// Not muted by the robot's speech.
     hearing: AtomicBool,
     /// `/rosa/speaking`.
@@ -112,6 +113,9 @@ fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker:
             }
         }
         shared.position.store(l.position(), Ordering::Relaxed);
+        if let Ok(mut t) = shared.updated.lock() {
+            *t = Some(Instant::now());
+        }
         shared.hearing.store(l.hearing(), Ordering::Relaxed);
     }
     tracing::debug!("listening thread: the audio source is gone");
@@ -132,18 +136,29 @@ fn publish_transcript(p: &Publisher<Transcript>, frame_id: &str, text: &str, wak
     }
 }
 
+fn config_error(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(crate::ConfigurationError(e.to_string()))
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "stt", "/rosa")?;
-    let params: SttParams = ros::load_config(&mut node)?;
-    params.validate().map_err(|e| anyhow::anyhow!("node /rosa/stt: {e}"))?;
-    let source = params.source()?;
+    let params: SttParams = ros::load_config(&mut node).map_err(config_error)?;
+    params.validate().map_err(|e| config_error(format!("node /rosa/stt: {e}")))?;
+    let source = params.source().map_err(config_error)?;
+    let wav = match &source {
+        SourceSpec::File(path) => Some(read_wav(path).map_err(config_error)?),
+        _ => None,
+    };
 
     // The model first: a missing or broken one is an error at start, not at the first utterance.
-    let model_path = model::resolve(&params.model)?;
+    let model_path = model::resolve(&params.model).map_err(config_error)?;
     let wcfg = params.whisper();
     let t0 = Instant::now();
-    let whisper = tokio::task::spawn_blocking(move || Whisper::load(&model_path, wcfg)).await.context("loading the whisper model")??;
+    let whisper = tokio::task::spawn_blocking(move || Whisper::load(&model_path, wcfg))
+        .await
+        .context("loading the whisper model")?
+        .map_err(config_error)?;
     tracing::info!(
         model = %whisper.path.display(),
         size = whisper.info.size_name(),
@@ -161,158 +176,183 @@ pub async fn run() -> anyhow::Result<()> {
         _ => None,
     };
     let spinner = Spinner::start(node, Duration::from_millis(10));
-
-    let shared = Arc::new(Shared::default());
-    let (in_tx, in_rx) = sync_channel::<Input>(256);
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
-    let done_tx = out_tx.clone();
-    let worker = Worker::start(whisper, params.queue_size as usize, move |d| {
-        let _ = done_tx.send(Out::Done(d));
-    });
-    let wait_for_whisper = matches!(source, SourceSpec::File(_)) && !params.file_realtime;
-    {
-        let (cfg, aggr, sh) = (params.listener(), params.vad.aggressiveness, shared.clone());
-        std::thread::Builder::new().name("listen".into()).spawn(move || listen(in_rx, cfg, aggr, worker, wait_for_whisper, sh, out_tx))?;
-    }
-
-    {
-        let sh = shared.clone();
-        tokio::spawn(speaking_sub.for_each(move |m| {
-            if sh.speaking.swap(m.data, Ordering::Relaxed) != m.data {
-                tracing::info!(speaking = m.data, "{}", if m.data { "the robot speaks: not listening" } else { "the robot stopped speaking" });
-            }
-            futures::future::ready(())
-        }));
-    }
-
-    // The audio source.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut _device = None;
-    match &source {
-        SourceSpec::File(path) => {
-            let (_, secs) = capture::spawn_file(path.clone(), params.file_realtime, in_tx.clone(), stop.clone())?;
-            shared.source_up.store(true, Ordering::Relaxed);
-            tracing::info!(path = %path.display(), secs = format!("{secs:.1}"), realtime = params.file_realtime, "listening to a WAV file");
+    // From here on the node spins in its own thread: stop it on every way out, errors included
+    // (exiting with it running trips Fast DDS's and whisper.cpp's destructors).
+    let result: anyhow::Result<()> = async {
+        let shared = Arc::new(Shared::default());
+        let (in_tx, in_rx) = sync_channel::<Input>(256);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
+        let done_tx = out_tx.clone();
+        let worker = Worker::start(whisper, params.queue_size as usize, move |d| {
+            let _ = done_tx.send(Out::Done(d));
+        });
+        let wait_for_whisper = matches!(source, SourceSpec::File(_)) && !params.file_realtime;
+        {
+            let (cfg, aggr, sh) = (params.listener(), params.vad.aggressiveness, shared.clone());
+            std::thread::Builder::new().name("listen".into()).spawn(move || listen(in_rx, cfg, aggr, worker, wait_for_whisper, sh, out_tx))?;
         }
-        SourceSpec::Default | SourceSpec::Device(_) => {
-            let name = if let SourceSpec::Device(n) = &source { Some(n.clone()) } else { None };
-            let tx = in_tx.clone();
-            match tokio::task::spawn_blocking(move || capture::open_device(name, tx)).await? {
-                Ok(d) => {
-                    tracing::info!(device = %d.name, rate = d.rate, channels = d.channels, "listening to an input device");
-                    shared.source_up.store(true, Ordering::Relaxed);
-                    _device = Some(d);
+
+        {
+            let sh = shared.clone();
+            tokio::spawn(speaking_sub.for_each(move |m| {
+                if sh.speaking.swap(m.data, Ordering::Relaxed) != m.data {
+                    tracing::info!(speaking = m.data, "{}", if m.data { "the robot speaks: not listening" } else { "the robot stopped speaking" });
                 }
-                Err(e) => tracing::error!(
-                    "no audio input ({e}); the stt node stays up without audio and /rosa/stt/listening is false. \
-                     Set audio_source to device:<name>, file:<wav>, topic:<name> or none"
-                ),
-            }
+                futures::future::ready(())
+            }));
         }
-        SourceSpec::Topic(topic) => {
-            let mut sub = audio_sub.expect("subscribed above");
-            let tx = in_tx.clone();
-            let topic = topic.clone();
-            shared.source_up.store(true, Ordering::Relaxed);
-            tracing::info!(%topic, "listening to rosa_interfaces/msg/AudioData on a topic");
-            tokio::spawn(async move {
-                let (mut bad, mut lost) = (0u64, 0u64);
-                while let Some(m) = sub.next().await {
-                    let first = (m.header.stamp.sec != 0 || m.header.stamp.nanosec != 0).then(|| {
-                        SystemTime::UNIX_EPOCH + Duration::new(m.header.stamp.sec.max(0) as u64, m.header.stamp.nanosec)
-                    });
-                    match chunk_from_pcm(&m.samples, m.channels, m.sample_rate, first) {
-                        Ok(c) => {
-                            if let Err(TrySendError::Full(_)) = tx.try_send(Input::Audio(c)) {
-                                lost += 1;
-                                if lost.is_power_of_two() {
-                                    tracing::warn!(%topic, lost, "audio chunks arrive faster than they are processed: dropped");
+
+        // The audio source.
+        let mut _device = None;
+        match &source {
+            SourceSpec::File(path) => {
+                // Play once someone listens (the kernel, a test), so that nothing said is lost.
+                let deadline = Instant::now() + Duration::from_secs_f64(params.file_wait_sec);
+                while transcripts.get_inter_process_subscription_count().unwrap_or(0) == 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if transcripts.get_inter_process_subscription_count().unwrap_or(0) == 0 && params.file_wait_sec > 0.0 {
+                    tracing::warn!(wait_sec = params.file_wait_sec, "nobody subscribes to /rosa/stt/transcript: playing the file anyway");
+                }
+                let wav = wav.expect("read above");
+                let secs = wav.duration_secs();
+                capture::spawn_file(wav, path.clone(), params.file_realtime, in_tx.clone(), stop.clone())?;
+                shared.source_up.store(true, Ordering::Relaxed);
+                tracing::info!(path = %path.display(), secs = format!("{secs:.1}"), realtime = params.file_realtime, "listening to a WAV file");
+            }
+            SourceSpec::Default | SourceSpec::Device(_) => {
+                let name = if let SourceSpec::Device(n) = &source { Some(n.clone()) } else { None };
+                let tx = in_tx.clone();
+                match tokio::task::spawn_blocking(move || capture::open_device(name, tx)).await? {
+                    Ok(d) => {
+                        tracing::info!(device = %d.name, rate = d.rate, channels = d.channels, "listening to an input device");
+                        shared.source_up.store(true, Ordering::Relaxed);
+                        _device = Some(d);
+                    }
+                    Err(e) => tracing::error!(
+                        "no audio input ({e}); the stt node stays up without audio and /rosa/stt/listening is false. \
+                         Set audio_source to device:<name>, file:<wav>, topic:<name> or none"
+                    ),
+                }
+            }
+            SourceSpec::Topic(topic) => {
+                let mut sub = audio_sub.expect("subscribed above");
+                let tx = in_tx.clone();
+                let topic = topic.clone();
+                shared.source_up.store(true, Ordering::Relaxed);
+                tracing::info!(%topic, "listening to rosa_interfaces/msg/AudioData on a topic");
+                tokio::spawn(async move {
+                    let (mut bad, mut lost) = (0u64, 0u64);
+                    while let Some(m) = sub.next().await {
+                        let first = (m.header.stamp.sec != 0 || m.header.stamp.nanosec != 0).then(|| {
+                            SystemTime::UNIX_EPOCH + Duration::new(m.header.stamp.sec.max(0) as u64, m.header.stamp.nanosec)
+                        });
+                        match chunk_from_pcm(&m.samples, m.channels, m.sample_rate, first) {
+                            Ok(c) => {
+                                if let Err(TrySendError::Full(_)) = tx.try_send(Input::Audio(c)) {
+                                    lost += 1;
+                                    if lost.is_power_of_two() {
+                                        tracing::warn!(%topic, lost, "audio chunks arrive faster than they are processed: dropped");
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                bad += 1;
+                                if bad.is_power_of_two() {
+                                    tracing::warn!(%topic, bad, "ignored an AudioData message: {e}");
                                 }
                             }
                         }
-                        Err(e) => {
-                            bad += 1;
-                            if bad.is_power_of_two() {
-                                tracing::warn!(%topic, bad, "ignored an AudioData message: {e}");
-                            }
-                        }
                     }
-                }
-            });
+                });
+            }
+            SourceSpec::None => tracing::info!("audio_source is none: not listening"),
         }
-        SourceSpec::None => tracing::info!("audio_source is none: not listening"),
-    }
-    drop(in_tx);
+        drop(in_tx);
 
-    let mut gate = WakeGate::new(&params.wake_word, params.wake_window_sec);
-    if gate.enabled() {
-        tracing::info!(wake_word = %params.wake_word, window_sec = params.wake_window_sec, "stt ready: forwarding what follows the wake word");
-    } else {
-        tracing::info!("stt ready: forwarding everything (no wake word)");
-    }
-    let mut listening: Option<bool> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let shutdown = ros::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            o = out_rx.recv() => match o {
-                Some(Out::BargeIn) => {
-                    if let Err(e) = stop_speaking.publish(&Empty {}) {
-                        tracing::error!(error = %e, "cannot publish /rosa/stop_speaking");
-                    }
-                }
-                Some(Out::Done(d)) => {
-                    let Done { tag: m, result, audio_secs, took } = d;
-                    let text = match result {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!(audio_sec = format!("{audio_secs:.2}"), "whisper failed on an utterance: {e}");
-                            continue;
+        let mut gate = WakeGate::new(&params.wake_word, params.wake_window_sec);
+        if gate.enabled() {
+            tracing::info!(wake_word = %params.wake_word, window_sec = params.wake_window_sec, "stt ready: forwarding what follows the wake word");
+        } else {
+            tracing::info!("stt ready: forwarding everything (no wake word)");
+        }
+        let mut listening: Option<bool> = None;
+        let mut source_done = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let shutdown = ros::shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                o = out_rx.recv(), if !source_done => match o {
+                    Some(Out::BargeIn) => {
+                        if let Err(e) = stop_speaking.publish(&Empty {}) {
+                            tracing::error!(error = %e, "cannot publish /rosa/stop_speaking");
                         }
-                    };
-                    let whisper_sec = took.as_secs_f64();
-                    let timing = (
-                        format!("{audio_secs:.2}"),
-                        format!("{whisper_sec:.3}"),
-                        format!("{:.3}", whisper_sec / audio_secs.max(1e-3)),
-                        format!("{:.3}", m.endpointed.elapsed().as_secs_f64()),
-                        format!("{:.3}", SystemTime::now().duration_since(m.speech_end).unwrap_or_default().as_secs_f64()),
-                    );
-                    match gate.decide(&text, m.start_sec, m.end_sec) {
-                        Decision::Forward { text: fwd, wake_word } => {
-                            publish_transcript(&transcripts, &params.frame_id, &fwd, wake_word, &m);
-                            tracing::info!(
-                                text = %fwd, wake_word, audio_sec = timing.0, whisper_sec = timing.1, rtf = timing.2,
-                                endpoint_to_publish_sec = timing.3, speech_end_to_publish_sec = timing.4,
-                                "transcript published"
-                            );
+                    }
+                    Some(Out::Done(d)) => {
+                        let Done { tag: m, result, audio_secs, took } = d;
+                        let text = match result {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::error!(audio_sec = format!("{audio_secs:.2}"), "whisper failed on an utterance: {e}");
+                                continue;
+                            }
+                        };
+                        let whisper_sec = took.as_secs_f64();
+                        let timing = (
+                            format!("{audio_secs:.2}"),
+                            format!("{whisper_sec:.3}"),
+                            format!("{:.3}", whisper_sec / audio_secs.max(1e-3)),
+                            format!("{:.3}", m.endpointed.elapsed().as_secs_f64()),
+                            format!("{:.3}", SystemTime::now().duration_since(m.speech_end).unwrap_or_default().as_secs_f64()),
+                        );
+                        match gate.decide(&text, m.start_sec, m.end_sec) {
+                            Decision::Forward { text: fwd, wake_word } => {
+                                publish_transcript(&transcripts, &params.frame_id, &fwd, wake_word, &m);
+                                tracing::info!(
+                                    text = %fwd, wake_word, audio_sec = timing.0, whisper_sec = timing.1, rtf = timing.2,
+                                    endpoint_to_publish_sec = timing.3, speech_end_to_publish_sec = timing.4,
+                                    "transcript published"
+                                );
+                            }
+                            Decision::Woken => tracing::info!(heard = %text, window_sec = params.wake_window_sec, "wake word: listening"),
+                            Decision::Ignore if text.is_empty() => tracing::info!(audio_sec = timing.0, "nothing recognisable in the utterance"),
+                            Decision::Ignore => tracing::info!(heard = %text, "not forwarded: no wake word"),
                         }
-                        Decision::Woken => tracing::info!(heard = %text, window_sec = params.wake_window_sec, "wake word: listening"),
-                        Decision::Ignore if text.is_empty() => tracing::info!(audio_sec = timing.0, "nothing recognisable in the utterance"),
-                        Decision::Ignore => tracing::info!(heard = %text, "not forwarded: no wake word"),
+                    }
+                    None => {
+                        // The source has ended (a file played, no device) and everything heard is
+                        // published: stay up, idle, like a microphone nobody speaks into.
+                        source_done = true;
+                        tracing::debug!("no more audio");
+                    }
+                },
+                _ = tick.tick() => {
+                    // Stream time goes on after the last chunk (a file that ended, a silent topic).
+                    let since = shared.updated.lock().ok().and_then(|t| t.map(|t| t.elapsed().as_secs_f64())).unwrap_or(0.0);
+                    let pos = secs(shared.position.load(Ordering::Relaxed)) + since;
+                    let now = shared.source_up.load(Ordering::Relaxed)
+                        && !shared.speaking.load(Ordering::Relaxed)
+                        && shared.hearing.load(Ordering::Relaxed)
+                        && gate.is_open(pos);
+                    if listening != Some(now) {
+                        listening = Some(now);
+                        if let Err(e) = listening_pub.publish(&Bool { data: now }) {
+                            tracing::error!(error = %e, "cannot publish /rosa/stt/listening");
+                        }
                     }
                 }
-                None => break,
-            },
-            _ = tick.tick() => {
-                let pos = secs(shared.position.load(Ordering::Relaxed));
-                let now = shared.source_up.load(Ordering::Relaxed) && shared.hearing.load(Ordering::Relaxed) && gate.is_open(pos);
-                if listening != Some(now) {
-                    listening = Some(now);
-                    if let Err(e) = listening_pub.publish(&Bool { data: now }) {
-                        tracing::error!(error = %e, "cannot publish /rosa/stt/listening");
-                    }
+                _ = &mut shutdown => {
+                    tracing::info!("stt shutting down");
+                    break;
                 }
-            }
-            _ = &mut shutdown => {
-                tracing::info!("stt shutting down");
-                break;
             }
         }
+        Ok(())
     }
+    .await;
     stop.store(true, Ordering::Relaxed);
-    drop(_device);
     spinner.stop();
-    Ok(())
+    result
 }

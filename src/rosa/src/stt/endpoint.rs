@@ -442,6 +442,7 @@ pub(crate) mod tests {
             let total = voice.len() / n;
             assert!(voiced * 2 > total, "{frame_ms} ms: {voiced}/{total} voiced");
             let quiet = vec![0.0f32; 16000];
+            vad.reset();
             assert_eq!(quiet.chunks_exact(n).filter(|f| vad.is_voice(&pcm(f))).count(), 0);
         }
     }

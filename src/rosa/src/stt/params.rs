@@ -46,14 +46,20 @@ pub struct SttParams {
     pub audio_source: String,
     /// `file:` sources: play at real-time pace (true) or as fast as they are processed (false).
     pub file_realtime: bool,
+    /// `file:` sources: wait up to this long for a subscriber of /rosa/stt/transcript (the kernel, a
+    /// test) before playing, so that nothing said is lost; 0 = play at once. Seconds.
+    pub file_wait_sec: f64,
     /// A ggml whisper model: absolute, or relative to .rosa/models (see README.md).
     pub model: String,
     /// Spoken language for multilingual models (English-only models ignore it).
     pub language: String,
     /// whisper threads; 0 = one per core.
     pub threads: u32,
-    /// whisper encoder context (20 ms frames): -1 = fit each utterance (fast), 0 = the full 30 s.
+    /// whisper encoder context (20 ms frames): 0 = the full 30 s; -1 = fit each utterance (faster,
+    /// much less accurate with tiny.en); n = n frames.
     pub audio_ctx: i64,
+    /// Beam search width; 1 = greedy decoding.
+    pub beam_size: i64,
     /// Text that primes whisper's decoder (names, vocabulary); empty = none.
     pub initial_prompt: String,
     /// whisper segments more likely than this not to be speech are dropped.
@@ -82,12 +88,14 @@ impl Default for SttParams {
         Self {
             audio_source: "default".into(),
             file_realtime: true,
+            file_wait_sec: 10.0,
             model: "ggml-tiny.en.bin".into(),
             language: w.language,
             threads: 0,
             audio_ctx: w.audio_ctx as i64,
+            beam_size: w.beam_size as i64,
             initial_prompt: w.initial_prompt,
-            no_speech_threshold: w.no_speech_threshold as f64,
+            no_speech_threshold: 0.6,
             queue_size: 4,
             vad: VadParams::default(),
             wake_word: "hello".into(),
@@ -136,6 +144,7 @@ impl SttParams {
             language: self.language.clone(),
             threads: self.threads as usize,
             audio_ctx: self.audio_ctx.clamp(-1, 1500) as i32,
+            beam_size: self.beam_size.clamp(1, 16) as i32,
             initial_prompt: self.initial_prompt.clone(),
             no_speech_threshold: self.no_speech_threshold as f32,
         }
@@ -148,7 +157,7 @@ impl SttParams {
         if !(0..=3).contains(&self.vad.aggressiveness) {
             return Err(EndpointError::Aggressiveness(self.vad.aggressiveness).into());
         }
-        for (name, v) in [("wake_window_sec", self.wake_window_sec), ("speaking_tail_sec", self.speaking_tail_sec), ("barge_in_sec", self.barge_in_sec)] {
+        for (name, v) in [("file_wait_sec", self.file_wait_sec), ("wake_window_sec", self.wake_window_sec), ("speaking_tail_sec", self.speaking_tail_sec), ("barge_in_sec", self.barge_in_sec)] {
             if !v.is_finite() || v < 0.0 {
                 return Err(ParamError::Invalid(format!("{name} must be a finite number >= 0 (got {v})")));
             }

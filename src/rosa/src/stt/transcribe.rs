@@ -33,8 +33,11 @@ pub struct WhisperConfig {
     pub language: String,
     /// 0 = all cores.
     pub threads: usize,
-    /// Encoder context in frames of 20 ms: -1 = fit the utterance (faster), 0 = whisper's 30 s.
+    /// Encoder context in frames of 20 ms: 0 = whisper's 30 s (what the models were trained on);
+    /// -1 = fit each utterance (several times faster, but tiny.en then often loops or drops words).
     pub audio_ctx: i32,
+    /// Beam search with this many beams; 0 or 1 = greedy decoding.
+    pub beam_size: i32,
     pub initial_prompt: String,
     /// Segments whisper itself thinks are not speech above this probability are dropped.
     pub no_speech_threshold: f32,
@@ -42,7 +45,7 @@ pub struct WhisperConfig {
 
 impl Default for WhisperConfig {
     fn default() -> Self {
-        Self { language: "en".into(), threads: 0, audio_ctx: -1, initial_prompt: String::new(), no_speech_threshold: 0.6 }
+        Self { language: "en".into(), threads: 0, audio_ctx: 0, beam_size: 1, initial_prompt: String::new(), no_speech_threshold: 0.6 }
     }
 }
 
@@ -86,6 +89,50 @@ impl Whisper {
     }
 }
 
+/// Tokens whisper may write for `n` samples: a command of D seconds has ~3 words per second;
+/// the cap stops the repetition loops whisper sometimes falls into on short contexts.
+pub fn max_tokens(n: usize) -> i32 {
+    (12.0 + 8.0 * super::secs(n as u64)).ceil().min(220.0) as i32
+}
+
+/// Drop consecutive repeats of a sentence or of a clause of two or more words: whisper's
+/// repetition loops ("Go to sleep now! Go to sleep now!", "shake your head, shake your head").
+pub fn collapse_repeats(text: &str) -> String {
+    fn key(s: &str) -> String {
+        s.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect::<Vec<_>>().join(" ")
+    }
+    // Pieces end after . ! ? , ; … (the delimiter stays with its piece).
+    let mut pieces: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if matches!(c, '.' | '!' | '?' | ',' | ';' | '…') {
+            let end = i + c.len_utf8();
+            pieces.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        pieces.push(&text[start..]);
+    }
+    let mut out = String::new();
+    let mut last = String::new();
+    for p in pieces {
+        let k = key(p);
+        if k.is_empty() {
+            if !out.is_empty() || !p.trim().is_empty() {
+                out.push_str(p);
+            }
+            continue;
+        }
+        if k == last && k.contains(' ') {
+            continue;
+        }
+        last = k;
+        out.push_str(p);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ").trim_end_matches([',', ';']).to_string()
+}
+
 /// Remove what whisper writes for non-speech: "[BLANK_AUDIO]", "(wind blowing)", "*music*".
 pub fn clean_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -109,7 +156,11 @@ impl Transcriber for Whisper {
         if pcm.is_empty() {
             return Ok(String::new());
         }
-        let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        let mut p = if self.cfg.beam_size > 1 {
+            FullParams::new(SamplingStrategy::BeamSearch { beam_size: self.cfg.beam_size.min(16), patience: -1.0 })
+        } else {
+            FullParams::new(SamplingStrategy::Greedy { best_of: 1 })
+        };
         p.set_n_threads(self.threads());
         let lang = if self.info.english_only() { "en" } else { self.cfg.language.as_str() };
         p.set_language(Some(lang));
@@ -122,7 +173,7 @@ impl Transcriber for Whisper {
         p.set_print_realtime(false);
         p.set_print_timestamps(false);
         p.set_suppress_blank(true);
-        // A short utterance gets a short encoder context: the encoder's cost follows it.
+        // A short encoder context makes the encoder's cost follow the utterance's length.
         let ctx = match self.cfg.audio_ctx {
             c if c < 0 => fitted_audio_ctx(pcm.len()),
             c => c.min(1500),
@@ -130,6 +181,7 @@ impl Transcriber for Whisper {
         if ctx > 0 {
             p.set_audio_ctx(ctx);
         }
+        p.set_max_tokens(max_tokens(pcm.len()));
         if !self.cfg.initial_prompt.is_empty() {
             p.set_initial_prompt(&self.cfg.initial_prompt);
         }
@@ -153,7 +205,7 @@ impl Transcriber for Whisper {
                 Err(e) => return Err(SttError::Whisper(format!("{e:?}"))),
             }
         }
-        Ok(clean_text(&text))
+        Ok(collapse_repeats(&clean_text(&text)))
     }
 }
 
@@ -251,20 +303,40 @@ mod tests {
         }
     }
 
+    /// A transcriber that says when it starts a job and finishes it only when told to.
+    struct Gated {
+        started: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+    }
+    impl Transcriber for Gated {
+        fn transcribe(&mut self, pcm: &[f32]) -> Result<String, SttError> {
+            let _ = self.started.send(());
+            let _ = self.go.recv();
+            Ok(format!("{} samples", pcm.len()))
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_and_results_come_in_order() {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
-        let w = Worker::start(Slow(Duration::from_millis(200)), 2, move |d: Done<u32>| g.lock().unwrap().push((d.tag, d.result.unwrap())));
+        let w = Worker::start(Gated { started: started_tx, go: go_rx }, 2, move |d: Done<u32>| g.lock().unwrap().push((d.tag, d.result.unwrap())));
+        w.submit(Job { pcm: vec![0.0; 10], tag: 0 }).unwrap();
+        started.recv_timeout(Duration::from_secs(5)).unwrap(); // job 0 is being transcribed
         let mut refused = Vec::new();
-        for i in 0..6u32 {
+        for i in 1..6u32 {
             if let Err(r) = w.submit(Job { pcm: vec![0.0; 10 + i as usize], tag: i }) {
-                refused.push(r);
+                refused.push((i, r));
             }
         }
-        // One job runs, two wait: the other three are dropped, each counted.
-        assert_eq!(refused, vec![Refused::Full { dropped: 1 }, Refused::Full { dropped: 2 }, Refused::Full { dropped: 3 }]);
+        // Two wait in the queue: the other three are dropped, each counted.
+        assert_eq!(refused, vec![(3, Refused::Full { dropped: 1 }), (4, Refused::Full { dropped: 2 }), (5, Refused::Full { dropped: 3 })]);
         assert_eq!(w.dropped(), 3);
+        for _ in 0..3 {
+            go.send(()).unwrap();
+        }
         w.stop();
         let got = got.lock().unwrap();
         assert_eq!(*got, vec![(0, "10 samples".to_string()), (1, "11 samples".into()), (2, "12 samples".into())]);
@@ -290,6 +362,18 @@ mod tests {
         assert_eq!(clean_text("(wind blowing) Turn left. [MUSIC]"), "Turn left.");
         assert_eq!(clean_text("*music* ♪ la la ♪ nod"), "nod");
         assert_eq!(clean_text("  Look   up. "), "Look up.");
+    }
+
+    #[test]
+    fn repetition_loops_are_collapsed() {
+        assert_eq!(collapse_repeats("Go to sleep now! Go to sleep now! Go to sleep now!"), "Go to sleep now!");
+        assert_eq!(collapse_repeats("Turn your head to the left. Turn your head to the left."), "Turn your head to the left.");
+        assert_eq!(collapse_repeats("Shake your head, shake your head, shake your head"), "Shake your head");
+        assert_eq!(collapse_repeats("Left, left, left."), "Left, left, left.", "single words may repeat");
+        assert_eq!(collapse_repeats("Turn left. Then turn right."), "Turn left. Then turn right.");
+        assert_eq!(collapse_repeats("What do you see?"), "What do you see?");
+        assert_eq!(collapse_repeats(""), "");
+        assert!(max_tokens(16_000 * 2) >= 20 && max_tokens(16_000 * 100) == 220);
     }
 
     #[test]
