@@ -306,6 +306,21 @@ def read(path):
     return Path(path).read_text(errors="replace") if Path(path).exists() else ""
 
 
+def nodes_marked(mark):
+    """Node processes (from this checkout's install) whose environment carries ROSA_TEST_MARK=mark."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv0 = (d / "cmdline").read_bytes().split(b"\0")[0].decode()
+                env = (d / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if "/rosa/lib/rosa/" in argv0 and f"ROSA_TEST_MARK={mark}".encode() in env:
+                found.append(int(d.name))
+    return found
+
+
 def test_rosa_up_with_an_audio_file(tmp_path, domain_id, llm, robot):
     """`./rosa up --audio-file` runs the graph with the stt node listening to the file."""
     llm.handler = default_handler(worker_tool="wave", worker_args={"times": 1})
@@ -313,7 +328,8 @@ def test_rosa_up_with_an_audio_file(tmp_path, domain_id, llm, robot):
     robots.write_text(f"robots:\n  - name: testbot\n    url: {robot.url}\n    description: test robot\n")
     wav = timeline(tmp_path / "see.wav", [silence(0.5), say("hello, describe what you see"), silence(2.0)])
     log_dir = tmp_path / "logs"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROSA_TEST_MARK=str(log_dir))
     up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", llm.url, "--llm-model", "scripted", "--robots", str(robots),
                            "--log-dir", str(log_dir), "--no-sim", "--audio-file", str(wav)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -328,7 +344,14 @@ def test_rosa_up_with_an_audio_file(tmp_path, domain_id, llm, robot):
         os.killpg(up.pid, signal.SIGINT)
         out, _ = up.communicate(timeout=15)
         assert "rosa: stopped" in out and "[stt]" in out
+        assert nodes_marked(log_dir) == []
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
+        if up.poll() is None:  # Ctrl-C first: the supervisor stops its nodes (they lead their own sessions)
+            os.killpg(up.pid, signal.SIGINT)
+            try:
+                up.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+        for pid in nodes_marked(log_dir):
+            os.kill(pid, signal.SIGKILL)

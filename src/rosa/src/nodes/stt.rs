@@ -38,12 +38,33 @@ struct Meta {
     /// Stream seconds (the wake-word window's clock).
     start_sec: f64,
     end_sec: f64,
-    /// When the endpointer decided the utterance was over.
+    /// When the endpointer decided the utterance was over (or paused, for an early one).
     endpointed: Instant,
+    /// An early transcription, on a pause (see `crate::stt::endpoint`).
+    early: bool,
+    /// The utterance's identity: its first sample and the end of its speech.
+    key: (u64, u64),
+}
+
+impl Meta {
+    fn new(l: &Listener<WebRtcVad>, u: &crate::stt::endpoint::Utterance, start: SystemTime, end: SystemTime, early: bool) -> Self {
+        Meta {
+            start,
+            end,
+            speech_end: l.wall_time(u.speech_end),
+            start_sec: secs(u.start),
+            end_sec: secs(u.end),
+            endpointed: Instant::now(),
+            early,
+            key: (u.start, u.speech_end),
+        }
+    }
 }
 
 enum Out {
     Done(Done<Meta>),
+    /// The utterance has ended and is the audio of the early transcription `key`: publish that.
+    Confirm(Meta),
     BargeIn,
 }
 
@@ -71,6 +92,9 @@ fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker:
         }
     };
     shared.hearing.store(true, Ordering::Relaxed);
+    // Early transcription is pointless when a file is played as fast as whisper goes.
+    let early_transcription = !wait_for_whisper;
+    let mut early_key: Option<(u64, u64)> = None;
     for input in rx {
         let speaking = shared.speaking.load(Ordering::Relaxed);
         if speaking != l.speaking() {
@@ -88,15 +112,22 @@ fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker:
                     tracing::info!("the user talks over the robot: asking it to stop speaking (barge-in)");
                     let _ = out.send(Out::BargeIn);
                 }
+                Heard::Pause { utterance, start, end } => {
+                    // Start whisper now if it has nothing else to do; the end silence may follow.
+                    if early_transcription && worker.idle() {
+                        let meta = Meta::new(&l, &utterance, start, end, true);
+                        let key = meta.key;
+                        if worker.submit(Job { pcm: utterance.samples, tag: meta }).is_ok() {
+                            early_key = Some(key);
+                        }
+                    }
+                }
                 Heard::Utterance { utterance, start, end } => {
-                    let meta = Meta {
-                        start,
-                        end,
-                        speech_end: l.wall_time(utterance.speech_end),
-                        start_sec: secs(utterance.start),
-                        end_sec: secs(utterance.end),
-                        endpointed: Instant::now(),
-                    };
+                    let meta = Meta::new(&l, &utterance, start, end, false);
+                    if early_key.take() == Some(meta.key) {
+                        let _ = out.send(Out::Confirm(meta));
+                        continue;
+                    }
                     let audio_sec = utterance.duration_secs();
                     let job = Job { pcm: utterance.samples, tag: meta };
                     let queued = if wait_for_whisper { worker.submit_wait(job) } else { worker.submit(job) };
@@ -119,6 +150,38 @@ fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker:
         shared.hearing.store(l.hearing(), Ordering::Relaxed);
     }
     tracing::debug!("listening thread: the audio source is gone");
+}
+
+/// A transcript came back from whisper: the wake word decides, then publish (or not) and log.
+fn on_transcribed(gate: &mut WakeGate, transcripts: &Publisher<Transcript>, params: &SttParams, d: Done<Meta>) {
+    let Done { tag: m, result, audio_secs, took } = d;
+    let text = match result {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(audio_sec = format!("{audio_secs:.2}"), "whisper failed on an utterance: {e}");
+            return;
+        }
+    };
+    let whisper_sec = took.as_secs_f64();
+    let audio_sec = format!("{audio_secs:.2}");
+    match gate.decide(&text, m.start_sec, m.end_sec) {
+        Decision::Forward { text: fwd, wake_word } => {
+            publish_transcript(transcripts, &params.frame_id, &fwd, wake_word, &m);
+            tracing::info!(
+                text = %fwd,
+                wake_word,
+                audio_sec,
+                whisper_sec = format!("{whisper_sec:.3}"),
+                rtf = format!("{:.3}", whisper_sec / audio_secs.max(1e-3)),
+                endpoint_to_publish_sec = format!("{:.3}", m.endpointed.elapsed().as_secs_f64()),
+                speech_end_to_publish_sec = format!("{:.3}", SystemTime::now().duration_since(m.speech_end).unwrap_or_default().as_secs_f64()),
+                "transcript published"
+            );
+        }
+        Decision::Woken => tracing::info!(heard = %text, window_sec = params.wake_window_sec, "wake word: listening"),
+        Decision::Ignore if text.is_empty() => tracing::info!(audio_sec, "nothing recognisable in the utterance"),
+        Decision::Ignore => tracing::info!(heard = %text, "not forwarded: no wake word"),
+    }
 }
 
 fn publish_transcript(p: &Publisher<Transcript>, frame_id: &str, text: &str, wake_word: bool, m: &Meta) {
@@ -278,6 +341,9 @@ pub async fn run() -> anyhow::Result<()> {
             tracing::info!("stt ready: forwarding everything (no wake word)");
         }
         let mut listening: Option<bool> = None;
+        // The latest early transcript, and an utterance that ended waiting for its early transcript.
+        let mut early: Option<Done<Meta>> = None;
+        let mut confirmed: Option<Meta> = None;
         let mut source_done = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let shutdown = ros::shutdown_signal();
@@ -290,37 +356,21 @@ pub async fn run() -> anyhow::Result<()> {
                             tracing::error!(error = %e, "cannot publish /rosa/stop_speaking");
                         }
                     }
-                    Some(Out::Done(d)) => {
-                        let Done { tag: m, result, audio_secs, took } = d;
-                        let text = match result {
-                            Ok(t) => t,
-                            Err(e) => {
-                                tracing::error!(audio_sec = format!("{audio_secs:.2}"), "whisper failed on an utterance: {e}");
-                                continue;
-                            }
-                        };
-                        let whisper_sec = took.as_secs_f64();
-                        let timing = (
-                            format!("{audio_secs:.2}"),
-                            format!("{whisper_sec:.3}"),
-                            format!("{:.3}", whisper_sec / audio_secs.max(1e-3)),
-                            format!("{:.3}", m.endpointed.elapsed().as_secs_f64()),
-                            format!("{:.3}", SystemTime::now().duration_since(m.speech_end).unwrap_or_default().as_secs_f64()),
-                        );
-                        match gate.decide(&text, m.start_sec, m.end_sec) {
-                            Decision::Forward { text: fwd, wake_word } => {
-                                publish_transcript(&transcripts, &params.frame_id, &fwd, wake_word, &m);
-                                tracing::info!(
-                                    text = %fwd, wake_word, audio_sec = timing.0, whisper_sec = timing.1, rtf = timing.2,
-                                    endpoint_to_publish_sec = timing.3, speech_end_to_publish_sec = timing.4,
-                                    "transcript published"
-                                );
-                            }
-                            Decision::Woken => tracing::info!(heard = %text, window_sec = params.wake_window_sec, "wake word: listening"),
-                            Decision::Ignore if text.is_empty() => tracing::info!(audio_sec = timing.0, "nothing recognisable in the utterance"),
-                            Decision::Ignore => tracing::info!(heard = %text, "not forwarded: no wake word"),
+                    Some(Out::Done(d)) if d.tag.early => match confirmed.take() {
+                        Some(m) if m.key == d.tag.key => on_transcribed(&mut gate, &transcripts, &params, Done { tag: m, ..d }),
+                        other => {
+                            confirmed = other;
+                            early = Some(d);
                         }
-                    }
+                    },
+                    Some(Out::Done(d)) => on_transcribed(&mut gate, &transcripts, &params, d),
+                    Some(Out::Confirm(m)) => match early.take() {
+                        Some(d) if d.tag.key == m.key => {
+                            tracing::debug!("the pause ended the utterance: its early transcript is published");
+                            on_transcribed(&mut gate, &transcripts, &params, Done { tag: m, ..d })
+                        }
+                        _ => confirmed = Some(m),
+                    },
                     None => {
                         // The source has ended (a file played, no device) and everything heard is
                         // published: stay up, idle, like a microphone nobody speaks into.

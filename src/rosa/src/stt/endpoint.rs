@@ -6,6 +6,12 @@
 //! unvoiced frames follow the last voiced one; an utterance whose speech (first to last voiced
 //! frame) is shorter than `min_utterance_sec` is discarded, and one that reaches
 //! `max_utterance_sec` is cut there (and the speech goes on as a new utterance).
+//!
+//! Early transcription: once a pause reaches `early_transcribe_sec` (shorter than the end
+//! silence), the utterance so far is offered as an [`Endpoint::Pause`]: whisper can start on it
+//! while the endpointer waits to know whether the user is done. If the pause becomes the end, the
+//! final utterance is the same audio (same `start` and `speech_end`) and its transcript is ready
+//! sooner; if the user goes on, the early transcript is thrown away.
 
 use super::{samples, SAMPLE_RATE};
 use std::collections::VecDeque;
@@ -78,11 +84,13 @@ pub struct EndpointConfig {
     pub min_utterance_sec: f64,
     pub end_silence_sec: f64,
     pub max_utterance_sec: f64,
+    /// Offer the utterance for transcription after a pause this long; 0 = never.
+    pub early_transcribe_sec: f64,
 }
 
 impl Default for EndpointConfig {
     fn default() -> Self {
-        Self { frame_ms: 30, pre_roll_sec: 0.25, min_utterance_sec: 0.5, end_silence_sec: 1.5, max_utterance_sec: 20.0 }
+        Self { frame_ms: 30, pre_roll_sec: 0.25, min_utterance_sec: 0.5, end_silence_sec: 1.5, max_utterance_sec: 20.0, early_transcribe_sec: 0.5 }
     }
 }
 
@@ -96,6 +104,7 @@ impl EndpointConfig {
             ("vad.min_utterance_sec", self.min_utterance_sec),
             ("vad.end_silence_sec", self.end_silence_sec),
             ("vad.max_utterance_sec", self.max_utterance_sec),
+            ("vad.early_transcribe_sec", self.early_transcribe_sec),
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(EndpointError::Negative { name, value });
@@ -132,6 +141,8 @@ pub enum Endpoint {
     Utterance(Utterance),
     /// Speech too short to be an utterance (a cough, a click).
     Discarded { start: u64, speech_secs: f64 },
+    /// A pause of `early_transcribe_sec`: the utterance so far, in case the pause is its end.
+    Pause(Utterance),
 }
 
 pub struct Endpointer<V: VoiceDetector> {
@@ -158,6 +169,8 @@ struct Speech {
     voice_start: u64,
     /// End of the last voiced frame.
     voice_end: u64,
+    /// A [`Endpoint::Pause`] was offered for the current pause.
+    paused: bool,
 }
 
 impl<V: VoiceDetector> Endpointer<V> {
@@ -249,8 +262,16 @@ impl<V: VoiceDetector> Endpointer<V> {
             s.samples.extend_from_slice(frame);
             if voiced {
                 s.voice_end = frame_end;
+                s.paused = false;
             }
             let silence = frame_end - s.voice_end;
+            let early = samples(self.cfg.early_transcribe_sec);
+            if early > 0 && !s.paused && silence >= early && silence < samples(self.cfg.end_silence_sec) {
+                s.paused = true;
+                if let Some(u) = Self::utterance(&self.cfg, s) {
+                    out.push(Endpoint::Pause(u));
+                }
+            }
             let too_long = frame_end - s.start >= samples(self.cfg.max_utterance_sec).max(flen);
             if silence >= samples(self.cfg.end_silence_sec).max(flen) || too_long {
                 let s = self.speech.take().expect("speech in progress");
@@ -258,7 +279,7 @@ impl<V: VoiceDetector> Endpointer<V> {
                 self.finish(s, out);
                 if cut_in_speech {
                     // The speaker goes on: a new utterance starts right here.
-                    self.speech = Some(Speech { samples: Vec::new(), start: frame_end, voice_start: frame_end, voice_end: frame_end });
+                    self.speech = Some(Speech { samples: Vec::new(), start: frame_end, voice_start: frame_end, voice_end: frame_end, paused: false });
                     out.push(Endpoint::Started { start: frame_end });
                 }
             }
@@ -280,22 +301,28 @@ impl<V: VoiceDetector> Endpointer<V> {
             let samples: Vec<f32> = self.history.drain(..).collect();
             let start = frame_end - samples.len() as u64;
             self.window.clear();
-            self.speech = Some(Speech { samples, start, voice_start: window_start + first_voiced * flen, voice_end: frame_end });
+            self.speech = Some(Speech { samples, start, voice_start: window_start + first_voiced * flen, voice_end: frame_end, paused: false });
             out.push(Endpoint::Started { start });
         }
     }
 
     fn finish(&mut self, s: Speech, out: &mut Vec<Endpoint>) {
-        let speech_secs = super::secs(s.voice_end.saturating_sub(s.voice_start));
-        if speech_secs < self.cfg.min_utterance_sec {
-            out.push(Endpoint::Discarded { start: s.start, speech_secs });
-            return;
+        match Self::utterance(&self.cfg, &s) {
+            Some(u) => out.push(Endpoint::Utterance(u)),
+            None => out.push(Endpoint::Discarded { start: s.start, speech_secs: super::secs(s.voice_end.saturating_sub(s.voice_start)) }),
         }
-        // Keep a little of the silence after the speech (as much as the pre-roll before it).
-        let keep_end = (s.voice_end + samples(self.cfg.pre_roll_sec)).min(s.start + s.samples.len() as u64);
-        let mut samples = s.samples;
-        samples.truncate((keep_end - s.start) as usize);
-        out.push(Endpoint::Utterance(Utterance { samples, start: s.start, end: keep_end, speech_end: s.voice_end }));
+    }
+
+    /// The utterance of `s` (its speech plus a tail of the silence after it, as much as the
+    /// pre-roll), or `None` if its speech is shorter than the minimum.
+    fn utterance(cfg: &EndpointConfig, s: &Speech) -> Option<Utterance> {
+        let speech_secs = super::secs(s.voice_end.saturating_sub(s.voice_start));
+        if speech_secs < cfg.min_utterance_sec {
+            return None;
+        }
+        let keep_end = (s.voice_end + samples(cfg.pre_roll_sec)).min(s.start + s.samples.len() as u64);
+        let samples = s.samples[..(keep_end - s.start) as usize].to_vec();
+        Some(Utterance { samples, start: s.start, end: keep_end, speech_end: s.voice_end })
     }
 }
 
@@ -388,6 +415,26 @@ pub(crate) mod tests {
         let u = utterances(&ev);
         assert_eq!(u.len(), 3, "{:?}", u.iter().map(|u| (u.start, u.end)).collect::<Vec<_>>());
         assert!(u.iter().all(|u| u.duration_secs() <= 2.3));
+    }
+
+    #[test]
+    fn a_pause_offers_the_utterance_early_and_the_final_one_is_the_same_audio() {
+        let ev = run(EndpointConfig::default(), &[silence(0.5), tone(1.0), silence(2.0)]);
+        let pauses: Vec<&Utterance> = ev.iter().filter_map(|e| if let Endpoint::Pause(u) = e { Some(u) } else { None }).collect();
+        assert_eq!(pauses.len(), 1);
+        assert_eq!(pauses[0], utterances(&ev)[0]);
+        // The pause comes before the end: whisper gets end_silence - early_transcribe_sec ahead.
+        let pos = |pred: &dyn Fn(&Endpoint) -> bool| ev.iter().position(pred).unwrap();
+        assert!(pos(&|e| matches!(e, Endpoint::Pause(_))) < pos(&|e| matches!(e, Endpoint::Utterance(_))));
+        // A pause after which the user goes on: offered, then a longer final utterance.
+        let ev = run(EndpointConfig::default(), &[tone(1.0), silence(0.8), tone(1.0), silence(2.0)]);
+        let pauses: Vec<&Utterance> = ev.iter().filter_map(|e| if let Endpoint::Pause(u) = e { Some(u) } else { None }).collect();
+        let u = utterances(&ev);
+        assert_eq!((pauses.len(), u.len()), (2, 1));
+        assert!(pauses[0].speech_end < u[0].speech_end && pauses[1] == u[0]);
+        // Off.
+        let ev = run(EndpointConfig { early_transcribe_sec: 0.0, ..Default::default() }, &[tone(1.0), silence(2.0)]);
+        assert!(!ev.iter().any(|e| matches!(e, Endpoint::Pause(_))));
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum Heard {
     SpeechStarted { start: u64 },
     /// An utterance to transcribe, with the wall-clock time of its first and last sample.
     Utterance { utterance: Utterance, start: SystemTime, end: SystemTime },
+    /// A pause: the utterance so far, which may turn out to be the whole utterance (see
+    /// [`Endpoint::Pause`]); never muted speech.
+    Pause { utterance: Utterance, start: SystemTime, end: SystemTime },
     /// Speech that will not be transcribed, and why.
     Dropped { start: u64, why: &'static str },
     /// The user talks over the robot: ask it to stop speaking.
@@ -165,6 +168,12 @@ impl<V: VoiceDetector> Listener<V> {
             match e {
                 Endpoint::Started { start } => out.push(Heard::SpeechStarted { start }),
                 Endpoint::Discarded { start, .. } => out.push(Heard::Dropped { start, why: "too short" }),
+                Endpoint::Pause(u) => {
+                    if !self.speaking || self.barged {
+                        let (start, end) = (self.wall_time(u.start), self.wall_time(u.end));
+                        out.push(Heard::Pause { utterance: u, start, end });
+                    }
+                }
                 Endpoint::Utterance(u) => {
                     if self.speaking && !self.barged {
                         out.push(Heard::Dropped { start: u.start, why: "the robot was speaking" });

@@ -22,6 +22,9 @@ pub struct VadParams {
     pub end_silence_sec: f64,
     /// Longer speech is cut into utterances of this length, seconds.
     pub max_utterance_sec: f64,
+    /// Start whisper on a pause this long, before the end silence has passed (its transcript is
+    /// published as soon as the pause turns out to be the end); 0 = off. Seconds.
+    pub early_transcribe_sec: f64,
 }
 
 impl Default for VadParams {
@@ -34,6 +37,7 @@ impl Default for VadParams {
             min_utterance_sec: e.min_utterance_sec,
             end_silence_sec: e.end_silence_sec,
             max_utterance_sec: e.max_utterance_sec,
+            early_transcribe_sec: e.early_transcribe_sec,
         }
     }
 }
@@ -132,6 +136,7 @@ impl SttParams {
                 min_utterance_sec: self.vad.min_utterance_sec,
                 end_silence_sec: self.vad.end_silence_sec,
                 max_utterance_sec: self.vad.max_utterance_sec,
+                early_transcribe_sec: self.vad.early_transcribe_sec,
             },
             speaking_tail_sec: self.speaking_tail_sec,
             barge_in: self.barge_in,

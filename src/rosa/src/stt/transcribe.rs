@@ -227,6 +227,8 @@ pub struct Done<T> {
 pub struct Worker<T> {
     tx: Option<SyncSender<Job<T>>>,
     dropped: Arc<AtomicU64>,
+    /// Jobs queued or being transcribed.
+    in_flight: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -247,6 +249,8 @@ impl<T: Send + 'static> Worker<T> {
         F: FnMut(Done<T>) + Send + 'static,
     {
         let (tx, rx): (SyncSender<Job<T>>, Receiver<Job<T>>) = sync_channel(capacity.max(1));
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let busy = in_flight.clone();
         let thread = std::thread::Builder::new()
             .name("whisper".into())
             .spawn(move || {
@@ -254,16 +258,22 @@ impl<T: Send + 'static> Worker<T> {
                     let t0 = Instant::now();
                     let result = transcriber.transcribe(&job.pcm);
                     done(Done { tag: job.tag, result, audio_secs: super::secs(job.pcm.len() as u64), took: t0.elapsed() });
+                    busy.fetch_sub(1, Ordering::Relaxed);
                 }
             })
             .expect("spawn the whisper thread");
-        Self { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), thread: Some(thread) }
+        Self { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), in_flight, thread: Some(thread) }
     }
 
     /// Queue a job, or drop it when the queue is full.
     pub fn submit(&self, job: Job<T>) -> Result<(), Refused> {
         let Some(tx) = &self.tx else { return Err(Refused::Stopped) };
-        match tx.try_send(job) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = tx.try_send(job);
+        if r.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        match r {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(Refused::Full { dropped: self.dropped.fetch_add(1, Ordering::Relaxed) + 1 }),
             Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
@@ -273,7 +283,16 @@ impl<T: Send + 'static> Worker<T> {
     /// Queue a job, waiting for room.
     pub fn submit_wait(&self, job: Job<T>) -> Result<(), Refused> {
         let Some(tx) = &self.tx else { return Err(Refused::Stopped) };
-        tx.send(job).map_err(|_| Refused::Stopped)
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        tx.send(job).map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            Refused::Stopped
+        })
+    }
+
+    /// Nothing queued, nothing being transcribed.
+    pub fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     pub fn dropped(&self) -> u64 {
@@ -323,7 +342,9 @@ mod tests {
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
         let w = Worker::start(Gated { started: started_tx, go: go_rx }, 2, move |d: Done<u32>| g.lock().unwrap().push((d.tag, d.result.unwrap())));
+        assert!(w.idle());
         w.submit(Job { pcm: vec![0.0; 10], tag: 0 }).unwrap();
+        assert!(!w.idle());
         started.recv_timeout(Duration::from_secs(5)).unwrap(); // job 0 is being transcribed
         let mut refused = Vec::new();
         for i in 1..6u32 {
@@ -337,6 +358,11 @@ mod tests {
         for _ in 0..3 {
             go.send(()).unwrap();
         }
+        let t0 = Instant::now();
+        while !w.idle() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(w.idle());
         w.stop();
         let got = got.lock().unwrap();
         assert_eq!(*got, vec![(0, "10 samples".to_string()), (1, "11 samples".into()), (2, "12 samples".into())]);
