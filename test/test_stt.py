@@ -41,8 +41,12 @@ COMMANDS = [
     "shake your head",
     "stop moving",
 ]
-# Word error rate of whisper tiny.en on these espeak-ng phrases (measured: see README.md, "Speech").
-WER_BOUND = 0.30
+# Word error rate bound for whisper tiny.en on these espeak-ng phrases. Measured here: 0.14 (10 of
+# 70 words: "head" heard as "hand", "nod" as "add", "picture" as "big cure"; tiny.en's published WER
+# on clean read speech is ~6 %, espeak's synthetic voice is harder). 0.25 leaves room for other CPUs'
+# floating point while a broken model, resampler or endpointer (words cut off, wrong rate) lands far
+# above it (a wrong mel filterbank or tokenizer gives ~1.0).
+WER_BOUND = 0.25
 
 
 @pytest.fixture(autouse=True)

@@ -109,12 +109,12 @@ def start(graph, **params):
     return proc
 
 
-def bench_latency(tmp, runs, end_silence):
+def bench_latency(tmp, runs, end_silence, extra):
     graph = Graph(tmp, DOMAIN, "http://127.0.0.1:9/v1", {})
     peer = Peer(DOMAIN)
     try:
         peer.listen("/rosa/stt/transcript", Transcript)
-        start(graph, audio_source="topic:/bench/audio", **{"vad.end_silence_sec": end_silence})
+        start(graph, audio_source="topic:/bench/audio", **{"vad.end_silence_sec": end_silence, **extra})
         s = Streamer(peer, "/bench/audio")
         s.send(silence(1.0))
         rows = []
@@ -183,6 +183,9 @@ def main():
     p.add_argument("--runs", type=int, default=12, help="2-second utterances (default 12)")
     p.add_argument("--end-silence", type=float, default=1.5, help="vad.end_silence_sec (default 1.5, the seed's)")
     p.add_argument("--cpu-secs", type=float, default=20.0, help="seconds of silence to measure CPU over")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME:=VALUE",
+                   help="another stt parameter for the latency runs, e.g. -p vad.early_transcribe_sec:=0.3")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU measurement")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     model = ROOT / ".rosa" / "models" / "ggml-tiny.en.bin"
@@ -193,8 +196,9 @@ def main():
     try:
         print(f"stt benchmark: whisper tiny.en, {os.cpu_count()} cores, ROS_DOMAIN_ID={DOMAIN}, "
               f"load average {os.getloadavg()[0]:.2f}")
-        rows = bench_latency(tmp, args.runs, args.end_silence)
-        cpu = bench_cpu(tmp, args.cpu_secs)
+        extra = dict(kv.split(":=", 1) for kv in args.param)
+        rows = bench_latency(tmp, args.runs, args.end_silence, extra)
+        cpu = None if args.no_cpu else bench_cpu(tmp, args.cpu_secs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -203,7 +207,7 @@ def main():
         return {"p50": pct(xs, 50), "p95": pct(xs, 95), "max": max(xs), "n": len(xs)} if xs else None
 
     res = {
-        "runs": args.runs, "transcribed": len(rows), "end_silence_sec": args.end_silence,
+        "runs": args.runs, "transcribed": len(rows), "end_silence_sec": args.end_silence, "params": args.param,
         "clip_sec_mean": float(np.mean([r["clip_sec"] for r in rows])) if rows else None,
         "speech_end_to_transcript_sec": stats("speech_end_to_transcript"),
         "endpoint_to_transcript_sec": stats("endpoint_to_publish"),
@@ -222,8 +226,9 @@ def main():
         if st:
             print(f"  {label:40} p50 {st['p50']:.3f}  p95 {st['p95']:.3f}  max {st['max']:.3f}")
     print(f"  (speech end -> transcript includes vad.end_silence_sec = {args.end_silence} s)")
-    print(f"  CPU listening to silence: {cpu['file_48k_stereo']:.1f} % of a core (48 kHz stereo WAV), "
-          f"{cpu['topic_16k_mono']:.1f} % (16 kHz topic); RSS {cpu['rss_mb']:.0f} MB")
+    if cpu:
+        print(f"  CPU listening to silence: {cpu['file_48k_stereo']:.1f} % of a core (48 kHz stereo WAV), "
+              f"{cpu['topic_16k_mono']:.1f} % (16 kHz topic); RSS {cpu['rss_mb']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
         print(f"results in {args.json}")

@@ -90,7 +90,7 @@ pub struct EndpointConfig {
 
 impl Default for EndpointConfig {
     fn default() -> Self {
-        Self { frame_ms: 30, pre_roll_sec: 0.25, min_utterance_sec: 0.5, end_silence_sec: 1.5, max_utterance_sec: 20.0, early_transcribe_sec: 0.5 }
+        Self { frame_ms: 30, pre_roll_sec: 0.25, min_utterance_sec: 0.5, end_silence_sec: 1.5, max_utterance_sec: 20.0, early_transcribe_sec: 0.3 }
     }
 }
 
