@@ -142,7 +142,7 @@ pub fn check(path: &Path) -> Result<ModelInfo, ModelError> {
         Ok(i32::from_le_bytes(b))
     };
     let skip = |r: &mut BufReader<std::fs::File>, pos: &mut u64, n: u64, what: &str| -> Result<(), ModelError> {
-        if *pos + n > bytes {
+        if pos.checked_add(n).is_none_or(|end| end > bytes) {
             return Err(corrupt(format!("{what} needs {n} bytes at byte {pos} but the file has {bytes} (truncated?)")));
         }
         r.seek(SeekFrom::Current(n as i64)).map_err(|e| corrupt(e.to_string()))?;
@@ -218,7 +218,7 @@ pub fn check(path: &Path) -> Result<ModelInfo, ModelError> {
         let Some((block_bytes, block)) = type_size(ttype) else {
             return Err(corrupt(format!("tensor {name} has the unknown ggml type {ttype}")));
         };
-        skip(&mut r, &mut pos, ne.div_ceil(block) * block_bytes, &format!("tensor {name}"))?;
+        skip(&mut r, &mut pos, ne.div_ceil(block).saturating_mul(block_bytes), &format!("tensor {name}"))?;
         seen.insert(name);
     }
     let missing: Vec<String> = required_tensors(n_audio_layer, n_text_layer).into_iter().filter(|t| !seen.contains(t)).collect();
@@ -296,6 +296,26 @@ pub(crate) mod tests {
         let p = tmp("empty.bin");
         std::fs::write(&p, b"").unwrap();
         assert!(check(&p).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn absurd_sizes_are_errors_not_overflows() {
+        let p = tmp("huge.bin");
+        tiny_fake_model(&p, None);
+        let mut b = std::fs::read(&p).unwrap();
+        // The first tensor header follows the header, the filters and the vocabulary: make it
+        // claim 4 dimensions of 2^24 elements each.
+        let first = 4 + 11 * 4 + 8 + 80 * 2 * 4 + 4 + (4 + 1) * 2;
+        b[first..first + 4].copy_from_slice(&4i32.to_le_bytes());
+        let name_len = i32::from_le_bytes(b[first + 4..first + 8].try_into().unwrap()) as usize;
+        let mut patched = b[..first + 12].to_vec();
+        for _ in 0..4 {
+            patched.extend_from_slice(&(1i32 << 24).to_le_bytes());
+        }
+        patched.extend_from_slice(&b[first + 12 + 8..first + 12 + 8 + name_len]);
+        std::fs::write(&p, patched).unwrap();
+        let e = check(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
     }
 
     #[test]
