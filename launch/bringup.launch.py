@@ -1,6 +1,7 @@
 """Bring up rosa on a machine with a full ROS 2 Jazzy install (after `colcon build`).
 
     ros2 launch rosa bringup.launch.py llm_url:=http://localhost:6000/v1 llm_model:=openai/gpt-oss-120b
+    ros2 launch rosa bringup.launch.py audio_source:=file:/path/to/speech.wav   # stt from a WAV file
 
 The reachy_driver expects a Reachy Mini daemon at `daemon_url` (config/rosa.yaml; `./rosa up` starts a
 simulated one). Every node gets its parameters from config/rosa.yaml (installed to share/rosa/config) and is
@@ -33,6 +34,11 @@ def generate_launch_description():
                               description="Model name, used with llm_url"),
         DeclareLaunchArgument("robots_file", default_value="robots.yaml",
                               description="Robots registry (YAML or drivers.json)"),
+        DeclareLaunchArgument("audio_source", default_value="default",
+                              description="stt: default, device:<name>, file:<wav>, topic:<name> or none"),
+        DeclareLaunchArgument("stt_model", default_value="ggml-tiny.en.bin",
+                              description="stt: a ggml whisper model (absolute, or in $ROSA_MODELS_DIR)"),
+        DeclareLaunchArgument("with_stt", default_value="true", description="start the stt node"),
     ]
 
     with_url = IfCondition(PythonExpression(["'", llm_url, "' != ''"]))
@@ -56,4 +62,12 @@ def generate_launch_description():
     for exe in ("process_manager", "kernel", "reachy_driver"):
         nodes.append(node(exe, with_url, url_params))
         nodes.append(node(exe, without_url, []))
+    # The speech node: a missing model exits with code 78; respawning cannot fix that, but launch_ros
+    # has no "do not respawn on this code", so stt is not respawned.
+    nodes.append(Node(
+        package="rosa", executable="stt", namespace="rosa", name="stt", output="screen",
+        condition=IfCondition(LaunchConfiguration("with_stt")),
+        parameters=[params_file, {"audio_source": LaunchConfiguration("audio_source"),
+                                  "model": LaunchConfiguration("stt_model")}],
+    ))
     return LaunchDescription(args + nodes)

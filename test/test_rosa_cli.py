@@ -63,11 +63,19 @@ def test_up_say_respawn_and_ctrl_c(tmp_path, domain_id, llm, robot, peer):
         assert time.monotonic() - t0 < 8
         assert "rosa: stopped" in out
         assert "[kernel]" in out and "[process_manager]" in out
-        assert node_pid(log_dir, "kernel") is None and node_pid(log_dir, "process_manager") is None
+        assert all(node_pid(log_dir, n) is None for n in ("kernel", "process_manager", "stt"))
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
+        if up.poll() is None:  # Ctrl-C first: the nodes lead sessions of their own, SIGKILL would orphan them
+            os.killpg(up.pid, signal.SIGINT)
+            try:
+                up.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+        for name in ("kernel", "process_manager", "stt"):
+            while (pid := node_pid(log_dir, name)) is not None:
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
 
 
 def test_say_without_a_kernel_fails_clearly(domain_id):

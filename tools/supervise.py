@@ -7,8 +7,9 @@ By default the Reachy Mini daemon runs in headless mockup simulation (`--sim muj
 Every node runs as a child process with the parameters of config/rosa.yaml (plus the overrides given
 on the command line); its output goes to the terminal, prefixed with the node's name, and to
 <log dir>/<node>.log. A node that dies is restarted after a delay that grows while it keeps dying
-(like launch_ros's respawn=True). Ctrl-C (or SIGTERM) stops every node: SIGINT, then SIGKILL after
-a grace period.
+(like launch_ros's respawn=True), unless it exits with code 78 (a configuration error such as a
+missing speech model: restarting cannot fix it). Ctrl-C (or SIGTERM) stops every node: SIGINT, then
+SIGKILL after a grace period.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EXIT_CONFIG = 78  # a node's configuration is wrong: do not restart it (see rosa::node_main)
 COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
 
@@ -63,6 +65,12 @@ class Supervised:
             return
         code = self.proc.returncode
         lived = time.monotonic() - self.started
+        if code == EXIT_CONFIG:
+            self.say(f"exited with code {code} (a configuration error, see above): not restarting; "
+                     "fix it and run ./rosa up again")
+            self.proc = None
+            self.stopping = True
+            return
         self.restarts = 0 if lived > 30 else self.restarts + 1
         delay = min(2.0 * (2 ** max(self.restarts - 1, 0)), 30.0)
         self.say(f"exited with {'signal ' + str(-code) if code < 0 else 'code ' + str(code)} after {lived:.1f} s; "
@@ -113,6 +121,11 @@ def main():
     p.add_argument("--daemon-port", type=int, default=8000, help="port of the simulated daemon (default 8000)")
     p.add_argument("--mcp-port", type=int, default=None,
                    help="port of reachy_driver's MCP server (default: mcp_port of the params file, 5001)")
+    p.add_argument("--audio-file", metavar="WAV", default=None,
+                   help="the stt node listens to this WAV file (played in real time) instead of the default microphone")
+    p.add_argument("--audio-source", metavar="SPEC", default=None,
+                   help="the stt node's audio_source: default, device:<name>, file:<wav>, topic:<name> or none")
+    p.add_argument("--no-stt", action="store_true", help="do not start the speech-to-text node")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
     args = p.parse_args()
 
@@ -132,17 +145,28 @@ def main():
     if args.robots:
         overrides += ["-p", f"robots_file:={Path(args.robots).resolve()}"]
 
+    node_overrides = {"stt": []}
+    if args.audio_file and args.audio_source:
+        p.error("--audio-file and --audio-source are exclusive")
+    if args.audio_file:
+        wav = Path(args.audio_file).resolve()
+        if not wav.is_file():
+            p.error(f"--audio-file {args.audio_file}: no such file")
+        node_overrides["stt"] += ["-p", f"audio_source:=file:{wav}"]
+    elif args.audio_source:
+        node_overrides["stt"] += ["-p", f"audio_source:={args.audio_source}"]
+
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("ROSA_CONFIG_DIR", str(ROOT / "config"))
     env.setdefault("RUST_LOG", "info")
 
     # The nodes, in start order; the Reachy Mini driver once its daemon runs.
-    nodes = ["process_manager", "kernel"]
+    nodes = ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"])
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):
-        argv = [str(prefix / name), "--ros-args", "--params-file", args.params, *overrides]
+        argv = [str(prefix / name), "--ros-args", "--params-file", args.params, *overrides, *node_overrides.get(name, [])]
         procs.append(Supervised(name, argv, env, log_dir, COLORS[i % len(COLORS)], lock))
 
     daemon = driver = None

@@ -10,10 +10,21 @@ pub mod mcp_tools;
 pub mod process;
 pub mod reachy;
 pub mod robots;
+pub mod stt;
 pub mod worker;
 
 pub mod nodes;
 pub mod ros;
+
+/// The exit code of a node whose configuration is wrong (`EX_CONFIG`): supervisors do not
+/// restart it (tools/supervise.py).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Wrap an error in this (`anyhow::Error::new(ConfigurationError(..))`) to make the node exit
+/// with [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigurationError(pub String);
 
 /// A node's `main`: logging, a tokio runtime, the node's `run`, and a clear error on failure.
 pub fn node_main<F, Fut>(name: &str, run: F)
@@ -32,7 +43,8 @@ where
     if let Err(e) = rt.block_on(run()) {
         tracing::error!("{name}: {e:#}");
         rt.shutdown_timeout(std::time::Duration::from_millis(200));
-        std::process::exit(1);
+        // A configuration error (a missing model, a bad parameter) is not fixed by restarting.
+        std::process::exit(if e.downcast_ref::<ConfigurationError>().is_some() { EXIT_CONFIG } else { 1 });
     }
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
 }

@@ -10,8 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `tracing` to stderr, `RUST_LOG` to filter (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    // whisper.cpp logs every load step at info: keep it at warnings unless RUST_LOG names it.
+    if !std::env::var("RUST_LOG").unwrap_or_default().contains("whisper_rs") {
+        if let Ok(d) = "whisper_rs=warn".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).try_init();
 }
 

@@ -1,0 +1,4 @@
+//! The `stt` node: audio → VAD → whisper → /rosa/stt/transcript.
+fn main() {
+    rosa::node_main("stt", rosa::nodes::stt::run);
+}
