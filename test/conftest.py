@@ -241,6 +241,18 @@ class Graph:
         return found
 
 
+def stop_supervisor(proc):
+    """Stop a `./rosa up` process: Ctrl-C first (its nodes lead sessions of their own, so a SIGKILL
+    of the supervisor alone would orphan them), SIGKILL if it does not stop."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @pytest.fixture
 def domain_id():
     return fresh_domain_id()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rosa_interfaces.msg import Update
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, stop_supervisor, wait_until
 
 
 def read(path):
@@ -65,13 +65,7 @@ def test_up_say_respawn_and_ctrl_c(tmp_path, domain_id, llm, robot, peer):
         assert "[kernel]" in out and "[process_manager]" in out
         assert all(node_pid(log_dir, n) is None for n in ("kernel", "process_manager", "stt"))
     finally:
-        if up.poll() is None:  # Ctrl-C first: the nodes lead sessions of their own, SIGKILL would orphan them
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait()
+        stop_supervisor(up)
         for name in ("kernel", "process_manager", "stt"):
             while (pid := node_pid(log_dir, name)) is not None:
                 os.kill(pid, signal.SIGKILL)

@@ -16,7 +16,7 @@ import pytest
 from rosa_interfaces.msg import AudioData, KernelEvent, Transcript, Update
 from std_msgs.msg import Bool, Empty
 
-from conftest import LATCHED, ROOT, node_binary, wait_until
+from conftest import LATCHED, ROOT, node_binary, stop_supervisor, wait_until
 from support.scripted_llm import default_handler
 from support.speech import RATE, noise, read_wav, say, silence, timeline, word_errors, words, write_wav
 
@@ -350,12 +350,6 @@ def test_rosa_up_with_an_audio_file(tmp_path, domain_id, llm, robot):
         assert "rosa: stopped" in out and "[stt]" in out
         assert nodes_marked(log_dir) == []
     finally:
-        if up.poll() is None:  # Ctrl-C first: the supervisor stops its nodes (they lead their own sessions)
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait()
+        stop_supervisor(up)
         for pid in nodes_marked(log_dir):
             os.kill(pid, signal.SIGKILL)

@@ -235,7 +235,7 @@ pub(crate) mod tests {
     /// A structurally valid (but numerically meaningless) ggml whisper model with tiny shapes.
     pub(crate) fn tiny_fake_model(path: &Path, drop_tensor: Option<&str>) {
         let mut b: Vec<u8> = Vec::new();
-        let mut i32s = |b: &mut Vec<u8>, v: &[i32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+        let i32s = |b: &mut Vec<u8>, v: &[i32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
         i32s(&mut b, &[0x6767_6d6c]);
         i32s(&mut b, &[51864, 8, 4, 1, 1, 8, 4, 1, 1, 80, 1]);
         i32s(&mut b, &[80, 2]);
