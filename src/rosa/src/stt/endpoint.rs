@@ -76,15 +76,22 @@ impl VoiceDetector for WebRtcVad {
     }
 }
 
-/// Endpointing parameters (seconds).
-#[derive(Debug, Clone, PartialEq)]
+/// Endpointing parameters (the stt node's `vad.*` parameters).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EndpointConfig {
+    /// VAD frame: 10, 20 or 30 ms.
     pub frame_ms: u32,
+    /// Audio kept before the detected start of speech, seconds.
     pub pre_roll_sec: f64,
+    /// Shorter speech is dropped (coughs, clicks), seconds.
     pub min_utterance_sec: f64,
+    /// Silence that ends an utterance, seconds.
     pub end_silence_sec: f64,
+    /// Longer speech is cut into utterances of this length, seconds.
     pub max_utterance_sec: f64,
-    /// Offer the utterance for transcription after a pause this long; 0 = never.
+    /// Start whisper on a pause this long, before the end silence has passed (its transcript is
+    /// published as soon as the pause turns out to be the end); 0 = off. Seconds.
     pub early_transcribe_sec: f64,
 }
 

@@ -6,39 +6,20 @@ use super::listener::ListenerConfig;
 use super::transcribe::WhisperConfig;
 use serde::{Deserialize, Serialize};
 
-/// Voice activity detection and endpointing (`vad.*`).
+/// Voice activity detection and endpointing (`vad.*`): the VAD's aggressiveness, and the
+/// endpointer's own configuration under the same names (`vad.frame_ms`, `vad.end_silence_sec`…).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VadParams {
     /// WebRTC VAD aggressiveness, 0 (keeps most sound as speech) to 3 (most aggressive).
     pub aggressiveness: i64,
-    /// VAD frame: 10, 20 or 30 ms.
-    pub frame_ms: u32,
-    /// Audio kept before the detected start of speech, seconds.
-    pub pre_roll_sec: f64,
-    /// Shorter speech is dropped (coughs, clicks), seconds.
-    pub min_utterance_sec: f64,
-    /// Silence that ends an utterance, seconds.
-    pub end_silence_sec: f64,
-    /// Longer speech is cut into utterances of this length, seconds.
-    pub max_utterance_sec: f64,
-    /// Start whisper on a pause this long, before the end silence has passed (its transcript is
-    /// published as soon as the pause turns out to be the end); 0 = off. Seconds.
-    pub early_transcribe_sec: f64,
+    #[serde(flatten)]
+    pub endpoint: EndpointConfig,
 }
 
 impl Default for VadParams {
     fn default() -> Self {
-        let e = EndpointConfig::default();
-        Self {
-            aggressiveness: 2,
-            frame_ms: e.frame_ms,
-            pre_roll_sec: e.pre_roll_sec,
-            min_utterance_sec: e.min_utterance_sec,
-            end_silence_sec: e.end_silence_sec,
-            max_utterance_sec: e.max_utterance_sec,
-            early_transcribe_sec: e.early_transcribe_sec,
-        }
+        Self { aggressiveness: 2, endpoint: EndpointConfig::default() }
     }
 }
 
@@ -130,14 +111,7 @@ impl SttParams {
 
     pub fn listener(&self) -> ListenerConfig {
         ListenerConfig {
-            endpoint: EndpointConfig {
-                frame_ms: self.vad.frame_ms,
-                pre_roll_sec: self.vad.pre_roll_sec,
-                min_utterance_sec: self.vad.min_utterance_sec,
-                end_silence_sec: self.vad.end_silence_sec,
-                max_utterance_sec: self.vad.max_utterance_sec,
-                early_transcribe_sec: self.vad.early_transcribe_sec,
-            },
+            endpoint: self.vad.endpoint.clone(),
             speaking_tail_sec: self.speaking_tail_sec,
             barge_in: self.barge_in,
             barge_in_sec: self.barge_in_sec,
@@ -185,7 +159,7 @@ mod tests {
     #[test]
     fn defaults_are_the_seed_values() {
         let p = SttParams::default();
-        assert_eq!((p.vad.pre_roll_sec, p.vad.min_utterance_sec, p.vad.end_silence_sec), (0.25, 0.5, 1.5));
+        assert_eq!((p.vad.endpoint.pre_roll_sec, p.vad.endpoint.min_utterance_sec, p.vad.endpoint.end_silence_sec), (0.25, 0.5, 1.5));
         assert_eq!(p.wake_word, "hello");
         p.validate().unwrap();
     }
@@ -212,7 +186,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.source().unwrap(), SourceSpec::File("/tmp/x.wav".into()));
         assert_eq!(p.listener().endpoint.end_silence_sec, 1.0);
-        assert_eq!(p.vad.frame_ms, 30);
+        assert_eq!(p.vad.endpoint.frame_ms, 30);
     }
 
     #[test]
