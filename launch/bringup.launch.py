@@ -39,6 +39,9 @@ def generate_launch_description():
         DeclareLaunchArgument("stt_model", default_value="ggml-tiny.en.bin",
                               description="stt: a ggml whisper model (absolute, or in $ROSA_MODELS_DIR)"),
         DeclareLaunchArgument("with_stt", default_value="true", description="start the stt node"),
+        DeclareLaunchArgument("with_llm_server", default_value="true",
+                              description="start llm_server, the embedded local model (the last provider of llm.urls); "
+                                          "not started when llm_url is given"),
     ]
 
     with_url = IfCondition(PythonExpression(["'", llm_url, "' != ''"]))
@@ -62,6 +65,12 @@ def generate_launch_description():
     for exe in ("process_manager", "kernel", "reachy_driver"):
         nodes.append(node(exe, with_url, url_params))
         nodes.append(node(exe, without_url, []))
+    # The embedded local model (llm_server): the last of llm.urls in the params file.
+    nodes.append(Node(
+        package="rosa", executable="llm_server", namespace="rosa", name="llm_server", output="screen",
+        respawn=True, respawn_delay=2.0, parameters=[params_file],
+        condition=IfCondition(PythonExpression(["'", llm_url, "' == '' and '", LaunchConfiguration("with_llm_server"), "' == 'true'"])),
+    ))
     # The speech node: a missing model exits with code 78; respawning cannot fix that, but launch_ros
     # has no "do not respawn on this code", so stt is not respawned.
     nodes.append(Node(

@@ -74,13 +74,18 @@ def test_command_launches_a_worker_that_calls_the_robot_and_reports_back(graph, 
     row = wait_until(lambda: (r := table_row(peer, cb.worker_id)) and r.state == "succeeded" and r.pid == 0 and r, 10, "succeeded row")
     assert row.last_tool == "wave" and row.robots == ["testbot"]
 
-    # The worker got the robot description and the task in its system prompt.
+    # The worker got the robot description in its system prompt and the task as its first user
+    # message (so that every worker on these robots sends the same prefix).
     worker_req = llm.requests_by("worker")[0]["body"]
     system = worker_req["messages"][0]["content"]
-    assert "## Robot `testbot`" in system and system.rstrip().endswith("Task: wave at me")
+    assert "## Robot `testbot`" in system and "wave at me" not in system
+    assert worker_req["messages"][1]["role"] == "user"
+    assert worker_req["messages"][1]["content"].startswith("## Your task\nTask: wave at me\n")
+    assert worker_req["stream"] is True and worker_req["user"].startswith("worker_w")
     assert {t["function"]["name"] for t in worker_req["tools"]} == {"wave", "move_head", "slow", "fail"}
     # The kernel's prompt lists the reachable robot, and its only tools are the process tools.
     kernel_req = llm.requests_by("kernel")[0]["body"]
+    assert kernel_req["user"] == "kernel"
     assert "- testbot: test robot testbot" in kernel_req["messages"][0]["content"]
     assert {t["function"]["name"] for t in kernel_req["tools"]} == {"launch_process", "list_processes", "terminate_process"}
     assert graph.alive("kernel") and graph.alive("process_manager")

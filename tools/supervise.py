@@ -20,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -94,6 +96,111 @@ class Supervised:
             self.proc.wait()
 
 
+def load_params(path):
+    """The params file as {node section: parameters} ({} if it cannot be read)."""
+    try:
+        import yaml
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+        return {k: (v or {}).get("ros__parameters", {}) for k, v in doc.items() if isinstance(v, dict)}
+    except (OSError, ImportError, ValueError) as e:
+        print(f"rosa: cannot read {path}: {e}")
+        return {}
+
+
+def probe(url, key_env, timeout=2.0):
+    """(answered, why) for GET <url>/models, as the nodes probe a provider."""
+    headers = {}
+    if key_env:
+        key = os.environ.get(key_env, "")
+        if not key:
+            return False, f"{key_env} is not set"
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        req = urllib.request.Request(url.rstrip("/") + "/models", headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status == 200, f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        return False, f"HTTP {e.code}"
+    except (OSError, ValueError) as e:
+        return False, str(getattr(e, "reason", e))
+
+
+def is_local(url, port):
+    u = urllib.parse.urlparse(url)
+    return u.hostname in ("127.0.0.1", "localhost") and u.port == port
+
+
+def choose_llm(args, params):
+    """Which LLM the nodes use: (parameter overrides for every node, start llm_server?, its
+    overrides, what to print). The user's order is kept: --llm-url, else llm.urls in order; the
+    embedded model (llm_server) is the last fallback, and the default when nothing else answers."""
+    common = params.get("/**", {})
+    llm = common.get("llm", {}) if isinstance(common.get("llm"), dict) else {}
+    srv = params.get("/rosa/llm_server", {})
+    port = args.llm_port or int(srv.get("port", 6001))
+    local_url = f"http://127.0.0.1:{port}/v1"
+    local_model = str(srv.get("model_name", "qwen2.5-coder-1.5b-instruct"))
+    srv_overrides = ["-p", f"port:={port}"]
+    installed, missing = local_installed(srv)
+    local = (["-p", f"llm.urls:=['{local_url}']", "-p", f"llm.models:=['{local_model}']", "-p", "llm.key_envs:=['']"])
+    if args.llm_url:
+        return [], False, srv_overrides, [f"rosa: LLM: {args.llm_url} (--llm-url; the embedded model is not started)"]
+    if args.llm == "local":
+        if not installed:
+            sys.exit(f"rosa: --llm local: the embedded model is not installed ({missing}); run ./rosa setup")
+        return local, True, srv_overrides + ["-p", "preload:=true"], [f"rosa: LLM: the embedded model {local_model} (llm_server, {local_url}; --llm local)"]
+    urls = [str(u) for u in llm.get("urls", [])]
+    models = [str(m) for m in llm.get("models", [])] or [""]
+    keys = [str(k) for k in llm.get("key_envs", [])] or [""]
+    if args.llm_model:
+        models = [args.llm_model]
+    if args.llm_key_env:
+        keys = [args.llm_key_env]
+    tried = []
+    for i, url in enumerate(urls):
+        if is_local(url, port):
+            break  # the embedded model: used below
+        ok, why = probe(url, keys[min(i, len(keys) - 1)])
+        if ok:
+            note = [f"rosa: LLM: {url} ({models[min(i, len(models) - 1)]}) answered"]
+            # The embedded model stays the last fallback, loaded only if it is ever asked.
+            start = installed and any(is_local(u, port) for u in urls[i + 1:])
+            if start:
+                note.append(f"rosa: the embedded model ({local_url}) is the fallback; it loads if it is needed")
+            return [], start, srv_overrides + ["-p", "preload:=false"], note
+        tried.append(f"{url}: {why}")
+    lines = [f"rosa: LLM: no configured provider answered ({'; '.join(tried) or 'none configured'})"]
+    if not installed:
+        lines.append(f"rosa: the embedded model is not installed ({missing}): run ./rosa setup, or ./rosa up --llm-url URL")
+        return [], False, srv_overrides, lines
+    lines.append(f"rosa: LLM: using the embedded model {local_model} (llm_server, {local_url})")
+    return local, True, srv_overrides + ["-p", "preload:=true"], lines
+
+
+def local_installed(srv):
+    """(installed, what is missing) for the embedded model and llama-server."""
+    model = str(srv.get("model", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"))
+    dirs = [Path(os.environ["ROSA_MODELS_DIR"])] if os.environ.get("ROSA_MODELS_DIR") else []
+    dirs.append(ROOT / ".rosa" / "models")
+    found = Path(model) if Path(model).is_absolute() else next((d / model for d in dirs if (d / model).is_file()), None)
+    exe = str(srv.get("server_executable") or "") or os.environ.get("ROSA_LLAMA_SERVER") or str(ROOT / ".rosa" / "llama" / "bin" / "llama-server")
+    missing = []
+    if not found or not found.is_file():
+        missing.append(f"no {model} in {', '.join(map(str, dirs))}")
+    if not Path(exe).is_file():
+        missing.append(f"no {exe}")
+    return not missing, "; ".join(missing)
+
+
+def llm_ready(url):
+    try:
+        with urllib.request.urlopen(url.rstrip("/").rsplit("/v1", 1)[0] + "/health", timeout=1) as r:
+            return json.loads(r.read()).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
 def daemon_running(url):
     try:
         with urllib.request.urlopen(url + "/api/daemon/status", timeout=1) as r:
@@ -109,6 +216,11 @@ def main():
     p.add_argument("--llm-model", default=os.environ.get("ROSA_LLM_MODEL"), help="model name (env ROSA_LLM_MODEL)")
     p.add_argument("--llm-key-env", default=os.environ.get("ROSA_LLM_KEY_ENV"),
                    help="name of the environment variable holding the API key (env ROSA_LLM_KEY_ENV)")
+    p.add_argument("--llm", choices=["auto", "local"], default=os.environ.get("ROSA_LLM", "auto"),
+                   help="auto (default): the first provider of llm.urls that answers, else the embedded model; "
+                        "local: the embedded model (llm_server) whatever else is configured (env ROSA_LLM)")
+    p.add_argument("--llm-port", type=int, default=None,
+                   help="port of the embedded model's endpoint (default: port of /rosa/llm_server in the params file, 6001)")
     p.add_argument("--robots", default=os.environ.get("ROSA_ROBOTS"),
                    help="robots registry: YAML or the seed's drivers.json (env ROSA_ROBOTS)")
     p.add_argument("--params", default=str(ROOT / "config" / "rosa.yaml"), help="ROS 2 parameters file")
@@ -135,17 +247,21 @@ def main():
     log_dir = Path(args.log_dir or ROOT / ".rosa" / "log" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    overrides = []
+    if args.llm_url and args.llm == "local":
+        p.error("--llm-url and --llm local are exclusive")
+    params = load_params(args.params)
+    llm_overrides, with_llm_server, llm_server_overrides, llm_notes = choose_llm(args, params)
+    overrides = list(llm_overrides)
     if args.llm_url:
         overrides += ["-p", f"llm.urls:=['{args.llm_url}']", "-p", f"llm.key_envs:=['{args.llm_key_env or ''}']"]
     elif args.llm_key_env:
         overrides += ["-p", f"llm.key_envs:=['{args.llm_key_env}']"]
-    if args.llm_model:
+    if args.llm_model and not llm_overrides:
         overrides += ["-p", f"llm.models:=['{args.llm_model}']"]
     if args.robots:
         overrides += ["-p", f"robots_file:={Path(args.robots).resolve()}"]
 
-    node_overrides = {"stt": []}
+    node_overrides = {"stt": [], "llm_server": llm_server_overrides}
     if args.audio_file and args.audio_source:
         p.error("--audio-file and --audio-source are exclusive")
     if args.audio_file:
@@ -162,7 +278,7 @@ def main():
     env.setdefault("RUST_LOG", "info")
 
     # The nodes, in start order; the Reachy Mini driver once its daemon runs.
-    nodes = ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"])
+    nodes = (["llm_server"] if with_llm_server else []) + ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"])
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):
@@ -194,6 +310,20 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"rosa: logs in {log_dir}; ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops everything")
+    for line in llm_notes:
+        print(line, flush=True)
+    if with_llm_server and any("preload:=true" in a for a in llm_server_overrides):
+        port = next(a.split(":=")[1] for a in llm_server_overrides if a.startswith("port:="))
+        url = f"http://127.0.0.1:{port}/v1"
+        t_llm = time.monotonic()
+
+        def announce():
+            while not stop.is_set():
+                if llm_ready(url):
+                    print(f"rosa: the embedded model is loaded and answers at {url} ({time.monotonic() - t_llm:.1f} s)", flush=True)
+                    return
+                stop.wait(0.5)
+        threading.Thread(target=announce, daemon=True).start()
     if daemon:
         daemon.start()
     for s in procs:

@@ -2,8 +2,10 @@
 
 Tests point rosa at ``ScriptedLLM().start().url`` instead of a real LLM. Every
 ``POST /v1/chat/completions`` is recorded and answered by a *handler*, a plain
-function ``handler(req: dict) -> Reply | Calls | HttpError | Hang`` where
-``req`` is the parsed JSON request body.
+function ``handler(req: dict) -> Reply | Calls | HttpError | Hang | Drip`` where
+``req`` is the parsed JSON request body. Requests with ``"stream": true`` (what
+rosa sends) are answered with server-sent ``chat.completion.chunk`` events, as
+OpenAI does; the others with one ``chat.completion``.
 
     with ScriptedLLM(default_handler()) as llm:
         ...  # run rosa against llm.url
@@ -24,8 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 __all__ = [
-    "ScriptedLLM", "Reply", "ToolCall", "Calls", "HttpError", "Hang",
-    "last_message", "tool_names", "tool_results", "system_prompt",
+    "ScriptedLLM", "Reply", "ToolCall", "Calls", "HttpError", "Hang", "Drip",
+    "last_message", "notes", "tool_names", "tool_results", "system_prompt",
     "default_handler",
 ]
 
@@ -59,15 +61,30 @@ class Calls:
 
 @dataclass
 class HttpError:
-    """Answer with this HTTP status and an OpenAI-style error body."""
+    """Answer with this HTTP status and an OpenAI-style error body, or with ``text`` as a
+    plain-text body (what proxies and some providers send, e.g. for a 429); ``headers`` are
+    added (e.g. ``{"Retry-After": "1"}``)."""
     status: int
     message: str = "scripted error"
+    text: str | None = None
+    headers: dict = field(default_factory=dict)
 
 
 @dataclass
 class Hang:
     """Sleep ``seconds`` before answering ``Reply("late")`` (for timeout tests)."""
     seconds: float
+
+
+@dataclass
+class Drip:
+    """A stream that starts and never ends: every ``interval`` seconds one more piece of
+    ``content`` (a content delta), or a keep-alive comment when ``content`` is "", for ever (or
+    ``count`` times, then the stream just stops without finishing). A dead-slow provider, to check
+    that one call cannot hold the kernel."""
+    interval: float = 1.0
+    content: str = ""
+    count: int | None = None
 
 
 Handler = Callable[[dict], Any]
@@ -87,9 +104,23 @@ def _text(content: Any) -> str:
 
 
 def last_message(req: dict) -> dict:
-    """The last message of the request ({} if there is none)."""
-    msgs = req.get("messages") or []
+    """The last message of the conversation ({} if there is none). System notes that follow it
+    are skipped: rosa adds one after tool results (the kernel's nudge for a plain-text reply) and
+    when it asks for a final report; see ``notes`` for them."""
+    msgs = [m for m in req.get("messages") or []]
+    while len(msgs) > 1 and msgs[-1].get("role") == "system":
+        msgs.pop()
     return msgs[-1] if msgs else {}
+
+
+def notes(req: dict) -> list[str]:
+    """The system notes after the conversation's last message (see ``last_message``)."""
+    out = []
+    for m in reversed(req.get("messages") or []):
+        if m.get("role") != "system" or m is (req.get("messages") or [None])[0]:
+            break
+        out.insert(0, _text(m.get("content")))
+    return out
 
 
 def tool_names(req: dict) -> list[str]:
@@ -291,13 +322,71 @@ def _make_request_handler(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # keep test output quiet
             pass
 
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
+        def _send(self, status: int, body: dict | str, headers: dict | None = None) -> None:
+            text = isinstance(body, str)
+            data = (body if text else json.dumps(body)).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, str(v))
             self.end_headers()
             self.wfile.write(data)
+
+        def _sse_start(self) -> None:
+            # No Content-Length: the stream ends when the connection closes.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+
+        def _sse(self, obj: dict | str) -> None:
+            line = obj if isinstance(obj, str) else "data: " + json.dumps(obj) + "\n\n"
+            self.wfile.write(line.encode())
+            self.wfile.flush()
+
+        def _stream(self, req: dict, result: Any) -> None:
+            """A finished answer as chat.completion.chunk events."""
+            full = llm._completion(req, result)
+            msg = full["choices"][0]["message"]
+            base = {k: full[k] for k in ("id", "created", "model")}
+            base["object"] = "chat.completion.chunk"
+
+            def chunk(delta: dict, finish: str | None = None) -> dict:
+                return dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
+
+            self._sse_start()
+            self._sse(chunk({"role": "assistant", "content": ""}))
+            content = msg.get("content") or ""
+            for part in (content[: len(content) // 2], content[len(content) // 2:]):
+                if part:
+                    self._sse(chunk({"content": part}))
+            for i, c in enumerate(msg.get("tool_calls") or []):
+                args = c["function"]["arguments"]
+                self._sse(chunk({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                                 "function": {"name": c["function"]["name"], "arguments": args[: len(args) // 2]}}]}))
+                self._sse(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[len(args) // 2:]}}]}))
+            last = chunk({}, full["choices"][0]["finish_reason"])
+            last["usage"] = full["usage"]
+            self._sse(last)
+            self._sse("data: [DONE]\n\n")
+
+        def _drip(self, d: "Drip") -> None:
+            self._sse_start()
+            n = 0
+            try:
+                while d.count is None or n < d.count:
+                    if llm._stopping.wait(d.interval):
+                        return
+                    if d.content:
+                        self._sse({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": d.content}, "finish_reason": None}]})
+                    else:
+                        self._sse(": still working\n\n")
+                    n += 1
+            except OSError:
+                return  # the client hung up
 
         def do_GET(self) -> None:
             if self.path.split("?")[0].rstrip("/") == "/v1/models":
@@ -317,9 +406,6 @@ def _make_request_handler(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             except Exception:
                 return self._send(400, _error_body("body is not a JSON object", "invalid_request_error"))
             llm._record(req)
-            if req.get("stream"):
-                return self._send(400, _error_body("ScriptedLLM does not support stream=true",
-                                                   "invalid_request_error"))
             try:
                 result = llm.handler(req)
                 if isinstance(result, Hang):
@@ -328,8 +414,15 @@ def _make_request_handler(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
                         return  # server stopping: drop the request
                     result = Reply("late")
                 if isinstance(result, HttpError):
-                    return self._send(result.status, _error_body(result.message))
+                    body = result.text if result.text is not None else _error_body(result.message)
+                    return self._send(result.status, body, result.headers)
+                if isinstance(result, Drip):
+                    return self._drip(result)
+                if req.get("stream"):
+                    return self._stream(req, result)
                 self._send(200, llm._completion(req, result))
+            except OSError:
+                self.close_connection = True  # the client hung up
             except Exception as e:  # a broken handler should fail loudly, not hang the client
                 traceback.print_exc()
                 self._send(500, _error_body(f"ScriptedLLM handler error: {e!r}"))

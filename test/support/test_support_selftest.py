@@ -16,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from .mcp_recorder import McpRecorder
-from .scripted_llm import (Calls, Hang, HttpError, Reply, ScriptedLLM, ToolCall,
+from .scripted_llm import (Calls, Drip, Hang, HttpError, Reply, ScriptedLLM, ToolCall,
                            default_handler, system_prompt, tool_names, tool_results)
 
 # mcp 1.26's own pydantic-settings model emits this on import; not our concern.
@@ -71,6 +71,56 @@ def test_models(llm):
     with urllib.request.urlopen(llm.url + "/models", timeout=HTTP_TIMEOUT) as resp:
         assert json.load(resp) == {"object": "list", "data": [
             {"id": "scripted", "object": "model", "created": 0, "owned_by": "rosa-test"}]}
+
+
+def stream_chat(url, messages, tools=None, timeout=HTTP_TIMEOUT):
+    """POST a streamed chat completion; return (status, content type, [event texts])."""
+    body = {"model": "test-model", "messages": messages, "stream": True}
+    if tools is not None:
+        body["tools"] = tools
+    req = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        text = resp.read().decode()
+        return resp.status, resp.headers["Content-Type"], [e for e in text.split("\n\n") if e]
+
+
+def test_streamed_reply_and_tool_calls_are_chunks(llm):
+    llm.handler = lambda req: Reply("hello there")
+    status, ctype, events = stream_chat(llm.url, [{"role": "user", "content": "hi"}])
+    assert status == 200 and ctype == "text/event-stream"
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "hello there"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+    llm.handler = lambda req: Calls([ToolCall("wave", {"times": 2})])
+    _, _, events = stream_chat(llm.url, [{"role": "user", "content": "hi"}], WORKER_TOOLS)
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    parts = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert parts[0]["function"]["name"] == "wave" and parts[0]["id"].startswith("call_")
+    assert json.loads("".join(p["function"]["arguments"] for p in parts)) == {"times": 2}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_plain_text_error_bodies_and_headers(llm):
+    llm.handler = lambda req: HttpError(429, text="Rate limit exceeded", headers={"Retry-After": "1"})
+    req = urllib.request.Request(llm.url + "/chat/completions", data=b'{"messages": []}',
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=HTTP_TIMEOUT)
+    assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
+    assert e.value.headers["Content-Type"] == "text/plain" and e.value.read() == b"Rate limit exceeded"
+
+
+def test_drip_streams_without_end(llm):
+    llm.handler = lambda req: Drip(interval=0.05, content="", count=5)
+    t0 = time.monotonic()
+    _, _, events = stream_chat(llm.url, [{"role": "user", "content": "hi"}])
+    assert events == [": still working"] * 5, events  # no data, no [DONE]
+    assert time.monotonic() - t0 >= 0.25
 
 
 def test_reply(llm):

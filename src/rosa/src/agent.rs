@@ -3,10 +3,18 @@
 //! A turn starts with a user message; the model is called until it answers without tool calls or
 //! the step limit is hit. Tool-call arguments that are not a JSON object, and unknown tool names,
 //! are answered to the model as error tool results: the model gets a chance to correct itself.
+//!
+//! Kernel and workers differ only by [`AgentOptions`]: whether tool calls are required at each
+//! step, a nudge for a plain-text reply after tool results (the kernel), a loop guard (a call made
+//! again in the same turn is not run: the model is asked for its report, without tools), the last
+//! step asked without tools (so a turn ends with a report rather than a step-limit error), and a
+//! deadline for the whole turn.
 
-use crate::llm::{truncate, ChatModel, LlmError, Message, ToolCall, ToolSpec};
+use crate::llm::{truncate, ChatModel, ChatRequest, LlmError, Message, ToolCall, ToolChoice, ToolSpec};
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// What a tool call produced; `is_error` results are shown to the model as errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +64,61 @@ pub enum AgentError {
     Llm(#[from] LlmError),
     #[error("step limit reached ({0} LLM calls) without a final answer")]
     StepLimit(u32),
+    #[error("no final answer within the deadline ({0:.0} s)")]
+    Deadline(f64),
+}
+
+/// How a turn runs (the kernel's and the workers' differences).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// LLM calls per turn at most.
+    pub max_steps: u32,
+    /// `tool_choice` of the steps that offer tools.
+    pub tool_choice: ToolChoice,
+    /// Added (as a system note, not kept in memory) to the request that follows tool results.
+    pub after_tool_nudge: Option<String>,
+    /// A call identical to an earlier one of the same turn is not run again; the model is asked for
+    /// its report instead (without tools).
+    pub loop_guard: bool,
+    /// The last step is asked without tools, with `report_request`: the turn ends with an answer.
+    pub report_on_last_step: bool,
+    /// What the model is told when it must answer now (loop guard, last step).
+    pub report_request: String,
+    /// The whole turn (every LLM call and tool call in it) ends after this.
+    pub turn_deadline: Option<Duration>,
+}
+
+impl AgentOptions {
+    /// Plain: tools offered with `auto` at every step, nothing added, no guard, no deadline.
+    pub fn new(max_steps: u32) -> Self {
+        Self {
+            max_steps: max_steps.max(1),
+            tool_choice: ToolChoice::Auto,
+            after_tool_nudge: None,
+            loop_guard: false,
+            report_on_last_step: false,
+            report_request: "Stop calling tools now. Answer with your short report: what was done and what the outcome was.".into(),
+            turn_deadline: None,
+        }
+    }
+}
+
+/// Why a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The model answered without calling a tool.
+    Answer,
+    /// It repeated a call; it was asked for its report.
+    LoopGuard,
+    /// The last step came; it was asked for its report.
+    StepLimit,
+}
+
+/// A turn's final answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnOutcome {
+    pub text: String,
+    pub ending: Ending,
 }
 
 /// Conversation memory bounded by a token budget: the system prompt is always kept, whole turns are
@@ -132,6 +195,15 @@ impl Memory {
         out
     }
 
+    /// Add a whole earlier turn (its first message should be the user's), e.g. to restore a
+    /// conversation.
+    pub fn push_turn(&mut self, turn: Vec<Message>) {
+        if !turn.is_empty() {
+            self.turns.push_back(turn);
+            self.trim();
+        }
+    }
+
     fn begin_turn(&mut self, user: String) {
         self.turns.push_back(vec![Message::User(user)]);
     }
@@ -167,16 +239,25 @@ impl Memory {
     }
 }
 
-/// The agent: a model, a memory and a step limit per turn.
+/// The agent: a model, a memory and the options of its turns.
 pub struct Agent<M: ?Sized> {
     pub memory: Memory,
-    pub max_steps: u32,
+    pub options: AgentOptions,
     model: std::sync::Arc<M>,
 }
 
+/// Identity of a call for the loop guard: the tool and its arguments as JSON values (so spacing
+/// and key order do not matter).
+fn call_key(call: &ToolCall) -> (String, Value) {
+    let args = serde_json::from_str::<Value>(&call.arguments).unwrap_or_else(|_| Value::String(call.arguments.clone()));
+    (call.name.clone(), args)
+}
+
 impl<M: ChatModel + ?Sized> Agent<M> {
-    pub fn new(model: std::sync::Arc<M>, memory: Memory, max_steps: u32) -> Self {
-        Self { memory, max_steps: max_steps.max(1), model }
+    pub fn new(model: std::sync::Arc<M>, memory: Memory, options: AgentOptions) -> Self {
+        let mut options = options;
+        options.max_steps = options.max_steps.max(1);
+        Self { memory, options, model }
     }
 
     /// Run one turn for `user` and return the model's final answer.
@@ -185,29 +266,82 @@ impl<M: ChatModel + ?Sized> Agent<M> {
         user: String,
         tools: &dyn ToolBox,
         on_event: &mut (dyn FnMut(AgentEvent) + Send),
-    ) -> Result<String, AgentError> {
+    ) -> Result<TurnOutcome, AgentError> {
         self.memory.begin_turn(user);
         self.memory.trim();
         let specs = tools.specs();
-        for step in 1..=self.max_steps {
+        let opts = self.options.clone();
+        let deadline = opts.turn_deadline.map(|d| Instant::now() + d);
+        let mut made: Vec<(String, Value)> = Vec::new();
+        let mut after_tool = false;
+        let mut must_report: Option<Ending> = None;
+        for step in 1..=opts.max_steps {
+            if let (Some(d), Some(total)) = (deadline, opts.turn_deadline) {
+                if Instant::now() >= d {
+                    return Err(AgentError::Deadline(total.as_secs_f64()));
+                }
+            }
+            if must_report.is_none() && step == opts.max_steps && opts.report_on_last_step && step > 1 {
+                must_report = Some(Ending::StepLimit);
+            }
             on_event(AgentEvent::Step { step });
-            let completion = self.model.complete(&self.memory.messages(), &specs).await?;
+            let mut messages = self.memory.messages();
+            if must_report.is_some() {
+                messages.push(Message::System(opts.report_request.clone()));
+            } else if after_tool {
+                if let Some(n) = &opts.after_tool_nudge {
+                    messages.push(Message::System(n.clone()));
+                }
+            }
+            let request = ChatRequest {
+                messages: &messages,
+                tools: if must_report.is_some() { &[] } else { &specs },
+                tool_choice: if must_report.is_some() { ToolChoice::None } else { opts.tool_choice },
+                deadline,
+            };
+            let completion = match self.model.complete(request).await {
+                Ok(c) => c,
+                Err(LlmError::Timeout(_)) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(AgentError::Deadline(opts.turn_deadline.unwrap_or_default().as_secs_f64()))
+                }
+                Err(e) => return Err(e.into()),
+            };
             let calls = completion.tool_calls.clone();
             self.memory.push(Message::Assistant { content: completion.content.clone(), tool_calls: calls.clone() });
-            if calls.is_empty() {
+            if calls.is_empty() || must_report.is_some() {
+                // Calls made when none were offered are not run (each still gets its result, so the
+                // conversation stays well-formed for the next turn).
+                for call in &calls {
+                    self.memory.push(Message::Tool { call_id: call.id.clone(), content: "ERROR: not run: no tools now".into() });
+                }
                 self.memory.trim();
-                return Ok(completion.content.unwrap_or_default());
+                return Ok(TurnOutcome {
+                    text: completion.content.unwrap_or_default(),
+                    ending: must_report.unwrap_or(Ending::Answer),
+                });
             }
             for call in calls {
+                let key = call_key(&call);
+                if opts.loop_guard && made.contains(&key) {
+                    tracing::info!(tool = %call.name, "loop guard: a call made again is not run");
+                    self.memory.push(Message::Tool {
+                        call_id: call.id.clone(),
+                        content: "ERROR: not run: this exact call was already made in this task; its result is above.".into(),
+                    });
+                    must_report = Some(Ending::LoopGuard);
+                    continue;
+                }
+                made.push(key);
                 on_event(AgentEvent::ToolStarted { step, tool: call.name.clone() });
                 let output = dispatch(tools, &specs, &call).await;
                 tracing::debug!(tool = %call.name, is_error = output.is_error, "tool result");
                 self.memory.push(Message::Tool { call_id: call.id.clone(), content: output.for_model() });
                 on_event(AgentEvent::ToolCalled { step, tool: call.name.clone(), output });
             }
+            after_tool = true;
             self.memory.trim();
         }
-        Err(AgentError::StepLimit(self.max_steps))
+        Err(AgentError::StepLimit(opts.max_steps))
     }
 }
 
@@ -247,11 +381,13 @@ pub mod testutil {
     pub struct ScriptedModel {
         pub replies: Mutex<VecDeque<Result<Completion, LlmError>>>,
         pub seen: Mutex<Vec<Vec<Message>>>,
+        /// Per request: how many tools were offered, and the tool_choice.
+        pub requests: Mutex<Vec<(usize, ToolChoice)>>,
     }
 
     impl ScriptedModel {
         pub fn new(replies: Vec<Result<Completion, LlmError>>) -> std::sync::Arc<Self> {
-            std::sync::Arc::new(Self { replies: Mutex::new(replies.into()), seen: Mutex::new(Vec::new()) })
+            std::sync::Arc::new(Self { replies: Mutex::new(replies.into()), seen: Mutex::new(Vec::new()), requests: Mutex::new(Vec::new()) })
         }
     }
 
@@ -268,8 +404,9 @@ pub mod testutil {
 
     #[async_trait::async_trait]
     impl ChatModel for ScriptedModel {
-        async fn complete(&self, messages: &[Message], _tools: &[ToolSpec]) -> Result<Completion, LlmError> {
-            self.seen.lock().unwrap().push(messages.to_vec());
+        async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion, LlmError> {
+            self.seen.lock().unwrap().push(request.messages.to_vec());
+            self.requests.lock().unwrap().push((request.tools.len(), request.tool_choice));
             self.replies
                 .lock()
                 .unwrap()
@@ -283,6 +420,7 @@ pub mod testutil {
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::llm::Completion;
     use serde_json::json;
     use std::sync::Mutex;
 
@@ -308,10 +446,10 @@ mod tests {
     #[tokio::test]
     async fn runs_tools_until_a_final_answer() {
         let model = ScriptedModel::new(vec![call("echo", r#"{"x":1}"#), text("done")]);
-        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), 5);
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), AgentOptions::new(5));
         let tools = echo();
         let mut events = vec![];
-        let out = agent.run_turn("go".into(), &tools, &mut |e| events.push(e)).await.unwrap();
+        let out = agent.run_turn("go".into(), &tools, &mut |e| events.push(e)).await.unwrap().text;
         assert_eq!(out, "done");
         assert_eq!(tools.calls.lock().unwrap()[0].1["x"], json!(1));
         assert!(matches!(&events[1], AgentEvent::ToolStarted { tool, .. } if tool == "echo"));
@@ -329,9 +467,9 @@ mod tests {
             call("fly", "{}"),
             text("gave up"),
         ]);
-        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), 5);
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), AgentOptions::new(5));
         let tools = echo();
-        let out = agent.run_turn("go".into(), &tools, &mut |_| {}).await.unwrap();
+        let out = agent.run_turn("go".into(), &tools, &mut |_| {}).await.unwrap().text;
         assert_eq!(out, "gave up");
         assert!(tools.calls.lock().unwrap().is_empty(), "no bad call reached the tool");
         let last = model.seen.lock().unwrap().last().unwrap().clone();
@@ -350,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn step_limit_is_an_error() {
         let model = ScriptedModel::new(vec![call("echo", "{}"), call("echo", "{}"), call("echo", "{}")]);
-        let mut agent = Agent::new(model, Memory::new("sys", 10_000), 2);
+        let mut agent = Agent::new(model, Memory::new("sys", 10_000), AgentOptions::new(2));
         let err = agent.run_turn("go".into(), &echo(), &mut |_| {}).await.unwrap_err();
         assert!(matches!(err, AgentError::StepLimit(2)));
     }
@@ -358,13 +496,89 @@ mod tests {
     #[tokio::test]
     async fn llm_failure_is_returned_and_memory_stays_consistent() {
         let model = ScriptedModel::new(vec![Err(LlmError::Unreachable("down".into())), text("back")]);
-        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), 3);
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), AgentOptions::new(3));
         let err = agent.run_turn("first".into(), &echo(), &mut |_| {}).await.unwrap_err();
         assert!(err.to_string().contains("down"));
-        assert_eq!(agent.run_turn("second".into(), &echo(), &mut |_| {}).await.unwrap(), "back");
+        assert_eq!(agent.run_turn("second".into(), &echo(), &mut |_| {}).await.unwrap().text, "back");
         // The first event is not lost: it is still in the conversation.
         let last = model.seen.lock().unwrap().last().unwrap().clone();
         assert!(last.contains(&Message::User("first".into())));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_call_is_not_run_and_the_report_is_asked_without_tools() {
+        let model = ScriptedModel::new(vec![
+            call("echo", r#"{"x": 1}"#),
+            call("echo", r#"{ "x":1 }"#), // the same call again, spelled differently
+            text("I echoed once."),
+        ]);
+        let mut opts = AgentOptions::new(8);
+        opts.loop_guard = true;
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), opts);
+        let tools = echo();
+        let out = agent.run_turn("go".into(), &tools, &mut |_| {}).await.unwrap();
+        assert_eq!(out, TurnOutcome { text: "I echoed once.".into(), ending: Ending::LoopGuard });
+        assert_eq!(tools.calls.lock().unwrap().len(), 1, "the repeat was not run");
+        let reqs = model.requests.lock().unwrap().clone();
+        assert_eq!(reqs[0], (1, ToolChoice::Auto));
+        assert_eq!(reqs[2], (0, ToolChoice::None), "the report is asked without tools");
+        let last = model.seen.lock().unwrap()[2].clone();
+        assert!(matches!(last.last(), Some(Message::System(s)) if s.contains("Stop calling tools")));
+        assert!(last.iter().any(|m| matches!(m, Message::Tool { content, .. } if content.contains("already made"))));
+        // The note asking for the report is not kept in memory.
+        assert!(!agent.memory.messages().iter().any(|m| matches!(m, Message::System(s) if s.contains("Stop calling tools"))));
+    }
+
+    #[tokio::test]
+    async fn the_last_step_asks_for_the_report_instead_of_failing() {
+        let model = ScriptedModel::new(vec![call("echo", r#"{"n":1}"#), call("echo", r#"{"n":2}"#), text("Echoed twice, ran out of steps.")]);
+        let mut opts = AgentOptions::new(3);
+        opts.report_on_last_step = true;
+        opts.tool_choice = ToolChoice::Required;
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), opts);
+        let out = agent.run_turn("go".into(), &echo(), &mut |_| {}).await.unwrap();
+        assert_eq!(out.ending, Ending::StepLimit);
+        assert_eq!(out.text, "Echoed twice, ran out of steps.");
+        let reqs = model.requests.lock().unwrap().clone();
+        assert_eq!(reqs, vec![(1, ToolChoice::Required), (1, ToolChoice::Required), (0, ToolChoice::None)]);
+    }
+
+    #[tokio::test]
+    async fn the_nudge_follows_tool_results_only_and_is_not_kept() {
+        let model = ScriptedModel::new(vec![call("echo", "{}"), text("Done.")]);
+        let mut opts = AgentOptions::new(4);
+        opts.after_tool_nudge = Some("Reply in plain text.".into());
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), opts);
+        agent.run_turn("go".into(), &echo(), &mut |_| {}).await.unwrap();
+        let seen = model.seen.lock().unwrap().clone();
+        assert!(!seen[0].iter().any(|m| matches!(m, Message::System(s) if s.contains("plain text"))));
+        assert!(matches!(seen[1].last(), Some(Message::System(s)) if s == "Reply in plain text."));
+        assert_eq!(agent.memory.messages().iter().filter(|m| matches!(m, Message::System(_))).count(), 1);
+    }
+
+    /// A model that takes `delay` to answer.
+    struct Slow(Duration);
+    #[async_trait::async_trait]
+    impl ChatModel for Slow {
+        async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion, LlmError> {
+            let wait = tokio::time::sleep(self.0);
+            match request.deadline {
+                Some(d) => tokio::select! { _ = wait => {}, _ = tokio::time::sleep_until(d) => return Err(LlmError::Timeout("deadline".into())) },
+                None => wait.await,
+            }
+            Ok(Completion { content: None, tool_calls: vec![ToolCall { id: "a".into(), name: "echo".into(), arguments: "{}".into() }] })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_turn_deadline_bounds_every_step() {
+        let mut opts = AgentOptions::new(50);
+        opts.turn_deadline = Some(Duration::from_secs(10));
+        let mut agent = Agent::new(std::sync::Arc::new(Slow(Duration::from_secs(3))), Memory::new("sys", 10_000), opts);
+        let t0 = Instant::now();
+        let err = agent.run_turn("go".into(), &echo(), &mut |_| {}).await.unwrap_err();
+        assert!(matches!(err, AgentError::Deadline(d) if d == 10.0), "{err}");
+        assert_eq!(t0.elapsed(), Duration::from_secs(10), "ended at the deadline, in the middle of a call");
     }
 
     #[test]

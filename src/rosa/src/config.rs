@@ -94,15 +94,28 @@ pub struct LlmConfig {
     pub models: Vec<String>,
     /// Environment variable holding each provider's key ("" = none; the last one is reused).
     pub key_envs: Vec<String>,
-    /// Whole-request timeout, seconds.
+    /// One attempt ends after this, seconds (however much is still streaming).
     pub timeout_sec: f64,
     /// Connection timeout, seconds (a provider that does not answer is failed over quickly).
     pub connect_timeout_sec: f64,
-    /// Retries on 429 and 5xx before falling over to the next provider.
+    /// The answer's stream must start within this, seconds: its first chunk (a token, or the
+    /// keep-alive of a server that queues or prefills). Tells a dead provider from a slow one.
+    pub first_token_timeout_sec: f64,
+    /// A stream silent for this long is broken, seconds.
+    pub stall_timeout_sec: f64,
+    /// Stream answers (server-sent events). Off: one JSON answer per call (then only `timeout_sec`
+    /// bounds an attempt).
+    pub stream: bool,
+    /// Retries per provider on 429, 5xx, timeouts and broken streams (so 1 + max_retries HTTP
+    /// requests at most per provider and call), before falling over to the next provider.
     pub max_retries: u32,
-    /// First backoff delay, seconds (doubles on each retry).
+    /// First backoff delay, seconds (doubles on each retry); a `Retry-After` from the server wins.
     pub backoff_sec: f64,
+    /// A `Retry-After` longer than this, seconds, moves on to the next provider instead of waiting.
+    pub max_retry_after_sec: f64,
     pub temperature: f64,
+    /// `max_tokens` of each request (0 = the provider's default).
+    pub max_tokens: u32,
 }
 
 impl Default for LlmConfig {
@@ -116,9 +129,14 @@ impl Default for LlmConfig {
             key_envs: vec!["".into(), "GROQ_API_KEY".into()],
             timeout_sec: 120.0,
             connect_timeout_sec: 3.0,
+            first_token_timeout_sec: 30.0,
+            stall_timeout_sec: 30.0,
+            stream: true,
             max_retries: 2,
             backoff_sec: 0.5,
+            max_retry_after_sec: 30.0,
             temperature: 0.2,
+            max_tokens: 0,
         }
     }
 }

@@ -253,6 +253,48 @@ pub fn render_prompt(template: &str, robots: &[Robot]) -> String {
     template.replace("{robots}", &list)
 }
 
+/// What the kernel is doing now, for the producers of events: an event that arrives while the
+/// kernel waits on the LLM is queued out loud ("queued: the kernel is busy with event 3 for 12 s").
+#[derive(Clone, Default)]
+pub struct KernelStatus(Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>);
+
+impl KernelStatus {
+    /// `(seq, for how long)` of the event being handled, if any.
+    pub fn busy(&self) -> Option<(u64, std::time::Duration)> {
+        self.0.lock().ok().and_then(|g| g.map(|(seq, since)| (seq, since.elapsed())))
+    }
+    fn set(&self, v: Option<u64>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = v.map(|seq| (seq, std::time::Instant::now()));
+        }
+    }
+}
+
+/// The note published when an event is queued behind a busy kernel.
+pub fn queued_note(event: &Event, seq: u64, busy_for: std::time::Duration) -> String {
+    format!(
+        "queued {}: the kernel is still on event {seq} ({:.0} s so far); this one comes next",
+        crate::llm::truncate(&event.text, 200),
+        busy_for.as_secs_f64()
+    )
+}
+
+/// The nudge after tool results: a small model otherwise tends to call the tool again.
+pub const AFTER_TOOL_NUDGE: &str = "The tool result is above. If it settles the event, reply now to the user in one short plain-text sentence: no tool call, no JSON. Call a tool again only if the event still needs a different action.";
+
+/// The options of the kernel's turns: tools offered (`auto`; the kernel decides better without
+/// a grammar forcing a call), the plain-text nudge after tool results, the loop guard, a reply
+/// asked at the last step, and `deadline` per event.
+pub fn agent_options(max_steps: u32, deadline: Option<std::time::Duration>) -> crate::agent::AgentOptions {
+    let mut o = crate::agent::AgentOptions::new(max_steps);
+    o.after_tool_nudge = Some(AFTER_TOOL_NUDGE.into());
+    o.loop_guard = true;
+    o.report_on_last_step = true;
+    o.report_request = "Stop calling tools now. Reply to the user in one short plain-text sentence: what happened with this event.".into();
+    o.turn_deadline = deadline;
+    o
+}
+
 /// The kernel: consumes the queue in order, one event at a time.
 pub struct Kernel<M: ChatModel + ?Sized> {
     pub agent: Agent<M>,
@@ -286,7 +328,7 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
             .agent
             .run_turn(event.text.clone(), &self.tools, &mut |e| tracing::debug!(?e, "kernel agent"))
             .await;
-        let result = match result {
+        let result = match result.map(|t| t.text) {
             Ok(reply) => {
                 if !reply.trim().is_empty() {
                     out.update("kernel", &reply);
@@ -306,10 +348,12 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
         result
     }
 
-    /// Run until the queue closes.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, out: Arc<dyn KernelOutput>) {
+    /// Run until the queue closes; `status` says which event is being handled.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, out: Arc<dyn KernelOutput>, status: KernelStatus) {
         while let Some(event) = rx.recv().await {
+            status.set(Some(self.seq + 1));
             let _ = self.handle(event, out.as_ref()).await;
+            status.set(None);
         }
     }
 }
@@ -376,7 +420,7 @@ mod tests {
         let procs = Arc::new(FakeProcesses::default());
         let (tx, rx) = watch::channel(vec![robot("bot")]);
         let tools = KernelTools { processes: procs.clone(), robots: rx };
-        let agent = Agent::new(model.clone(), Memory::new("", 4000), 6);
+        let agent = Agent::new(model.clone(), Memory::new("", 4000), agent_options(6, None));
         (Kernel::new(agent, tools, "You manage robots:\n{robots}".into()), procs, model, tx)
     }
 
@@ -458,6 +502,32 @@ mod tests {
         let seen = model.seen.lock().unwrap();
         assert!(seen[1].iter().any(|m| matches!(m, crate::llm::Message::Tool { content, .. } if content.contains("state=running"))));
         assert!(seen[4].iter().any(|m| matches!(m, crate::llm::Message::Tool { content, .. } if content.contains("missing field `worker_id`"))));
+    }
+
+    #[tokio::test]
+    async fn the_status_says_which_event_is_being_handled() {
+        let status = KernelStatus::default();
+        assert!(status.busy().is_none());
+        let (mut k, _p, _m, _tx) = kernel(vec![text("a")]);
+        k.handle(Event::command("x"), &Sink::default()).await.unwrap();
+        status.set(Some(2));
+        let (seq, _) = status.busy().unwrap();
+        assert_eq!(seq, 2);
+        let note = queued_note(&Event::command("look left"), 2, std::time::Duration::from_secs(12));
+        assert_eq!(note, "queued [User typed] look left: the kernel is still on event 2 (12 s so far); this one comes next");
+        status.set(None);
+        assert!(status.busy().is_none());
+    }
+
+    #[tokio::test]
+    async fn after_a_launch_the_kernel_is_nudged_to_reply_in_plain_text() {
+        let (mut k, _procs, model, _tx) = kernel(vec![
+            call("launch_process", r#"{"system_prompt":"wave","robots":["bot"]}"#),
+            text("A worker is waving."),
+        ]);
+        k.handle(Event::command("wave"), &Sink::default()).await.unwrap();
+        let second = model.seen.lock().unwrap()[1].clone();
+        assert!(matches!(second.last(), Some(crate::llm::Message::System(s)) if s == AFTER_TOOL_NUDGE));
     }
 
     #[tokio::test]

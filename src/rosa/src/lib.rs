@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod kernel;
 pub mod llm;
+pub mod llm_server;
 pub mod mcp_tools;
 pub mod process;
 pub mod reachy;

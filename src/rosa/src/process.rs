@@ -18,8 +18,14 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSpec {
     pub worker_id: String,
-    /// The complete system prompt (worker rules, robot prompts, the task).
+    /// The system prompt: worker rules and robot prompts (the same for every task on these robots).
     pub system_prompt: String,
+    /// The task (the kernel's `system_prompt` of the goal): the worker's first user message.
+    #[serde(default)]
+    pub task: String,
+    /// `tool_choice` of the worker's steps (`auto`, or `required`: one call per step).
+    #[serde(default)]
+    pub tool_choice: crate::llm::ToolChoice,
     /// (robot name, MCP URL)
     pub robots: Vec<(String, String)>,
     pub max_steps: u32,
@@ -339,6 +345,8 @@ mod tests {
         WorkerSpec {
             worker_id: "w1".into(),
             system_prompt: "s".into(),
+            task: "t".into(),
+            tool_choice: Default::default(),
             robots: vec![],
             max_steps: 1,
             tool_timeout_sec: 1.0,

@@ -1,6 +1,7 @@
 //! The `kernel` node: ROS endpoints around [`crate::kernel::Kernel`].
 
 use crate::agent::{Agent, Memory};
+use crate::kernel::KernelStatus;
 use crate::config::{self, LlmConfig};
 use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
 use crate::llm::OpenAiChat;
@@ -37,6 +38,9 @@ pub struct KernelParams {
     pub reachability_period_sec: f64,
     /// How long to wait for the process manager to accept or answer, seconds.
     pub process_manager_timeout_sec: f64,
+    /// One event (every LLM call, retry and tool call for it) gets this long at most, seconds;
+    /// then the kernel says it could not handle it and goes on with the next (0 = no limit).
+    pub event_deadline_sec: f64,
 }
 
 impl Default for KernelParams {
@@ -50,6 +54,7 @@ impl Default for KernelParams {
             max_steps: 8,
             reachability_period_sec: 10.0,
             process_manager_timeout_sec: 10.0,
+            event_deadline_sec: 120.0,
         }
     }
 }
@@ -238,7 +243,7 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
-    let model = Arc::new(OpenAiChat::new(&params.llm)?);
+    let model = Arc::new(OpenAiChat::new(&params.llm)?.with_client_id("kernel"));
     {
         let model = model.clone();
         tokio::spawn(async move {
@@ -257,13 +262,34 @@ pub async fn run() -> anyhow::Result<()> {
     ));
 
     let (queue, rx) = EventQueue::new(params.queue_size as usize);
-    let forward = |stream: futures::stream::BoxStream<'static, Event>| {
+    let status = KernelStatus::default();
+    // An event is refused out loud when the queue is full, and queued out loud while the kernel
+    // is busy (waiting on the LLM): the user hears it was received.
+    let admit = {
         let queue = queue.clone();
         let updates = updates.clone();
-        tokio::spawn(stream.for_each(move |e| {
-            if let Err((e, why)) = queue.push(e) {
-                refuse(&updates, &e, &why);
+        let status = status.clone();
+        move |e: Event| -> Result<(), String> {
+            let note = status.busy().map(|(seq, dt)| crate::kernel::queued_note(&e, seq, dt));
+            match queue.push(e) {
+                Err((e, why)) => {
+                    refuse(&updates, &e, &why);
+                    Err(why)
+                }
+                Ok(()) => {
+                    if let Some(n) = note {
+                        tracing::info!("{n}");
+                        publish_update(&updates, "system", &n);
+                    }
+                    Ok(())
+                }
             }
+        }
+    };
+    let forward = |stream: futures::stream::BoxStream<'static, Event>| {
+        let admit = admit.clone();
+        tokio::spawn(stream.for_each(move |e| {
+            let _ = admit(e);
             futures::future::ready(())
         }))
     };
@@ -271,13 +297,11 @@ pub async fn run() -> anyhow::Result<()> {
     forward(transcripts.map(|m| Event::transcript(&m.text)).boxed());
     forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
     {
-        let queue = queue.clone();
-        let updates = updates.clone();
+        let admit = admit.clone();
         tokio::spawn(async move {
             while let Some(req) = chats.next().await {
                 let (event, reply) = Event::chat(&req.message.prompt);
-                if let Err((e, why)) = queue.push(event) {
-                    refuse(&updates, &e, &why);
+                if let Err(why) = admit(event) {
                     let _ = req.respond(Chat::Response { success: false, reply: why });
                     continue;
                 }
@@ -296,13 +320,16 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
-    let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
+    let deadline = (params.event_deadline_sec.is_finite() && params.event_deadline_sec > 0.0)
+        .then(|| Duration::from_secs_f64(params.event_deadline_sec.min(86_400.0)));
+    let options = crate::kernel::agent_options(params.max_steps, deadline);
+    let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), options);
     let kernel = Kernel::new(agent, tools, template);
     let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
     tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), "kernel ready");
 
     tokio::select! {
-        _ = kernel.run(rx, out) => {},
+        _ = kernel.run(rx, out, status) => {},
         _ = ros::shutdown_signal() => tracing::info!("kernel shutting down"),
     }
     spinner.stop();

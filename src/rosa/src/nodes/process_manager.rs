@@ -42,6 +42,9 @@ pub struct ProcessManagerParams {
     pub worker_executable: String,
     /// Workers kept started and waiting for a task (0 = start each on demand).
     pub warm_workers: u64,
+    /// `tool_choice` of each worker step: `auto` (the model may answer in text at any step) or
+    /// `required` (one call per step; the loop guard and the last step ask for the report).
+    pub worker_tool_choice: crate::llm::ToolChoice,
 }
 
 impl Default for ProcessManagerParams {
@@ -58,6 +61,7 @@ impl Default for ProcessManagerParams {
             tool_timeout_sec: 60.0,
             worker_executable: String::new(),
             warm_workers: 2,
+            worker_tool_choice: crate::llm::ToolChoice::Auto,
         }
     }
 }
@@ -223,7 +227,9 @@ impl Ctx {
         let robots: Vec<_> = goal.robots.iter().filter_map(|n| self.registry.get(n)).collect();
         WorkerSpec {
             worker_id: worker_id.into(),
-            system_prompt: compose_system_prompt(&self.rules, &robots, &goal.system_prompt),
+            system_prompt: compose_system_prompt(&self.rules, &robots),
+            task: goal.system_prompt.clone(),
+            tool_choice: self.params.worker_tool_choice,
             robots: robots.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
             max_steps: if goal.max_steps > 0 { goal.max_steps } else { self.params.max_steps },
             tool_timeout_sec: self.params.tool_timeout_sec,
