@@ -98,12 +98,14 @@ def test_llm_server_node_serves_the_local_model(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 400 and json.load(e.value)["error"]["param"] == "messages"
+        # A node killed with SIGKILL leaves no model server behind.
+        assert llama_servers(domain)
+        os.kill(g.procs["llm_server"][0].pid, signal.SIGKILL)
+        wait_until(lambda: not llama_servers(domain), 10, "llama-server to die with its node")
     finally:
         peer.close()
         g.stop()
         print(g.log("llm_server")[-3000:])
-    # Stopping the node stops llama-server too.
-    wait_until(lambda: not llama_servers(domain), 10, "llama-server to stop with its node")
 
 
 def llama_servers(domain):
@@ -131,7 +133,7 @@ def test_rosa_up_with_no_llm_flags_turns_the_head_left(tmp_path):
         "robots:\n  - name: reachy-mini\n"
         f"    url: http://127.0.0.1:{mcp_port}/mcp\n"
         "    description: Reachy Mini, a small expressive robot head with two antennas, a camera, a microphone and a speaker. It can move its head, show emotions, take pictures and speak.\n"
-        "    prompt_file: prompts/reachy-mini.txt\n")
+        f"    prompt_file: {ROOT / 'config' / 'prompts' / 'reachy-mini.txt'}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GROQ_API_KEY", "ROSA_LLM_URL", "ROSA_LLM")}
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", HF_HOME=str(tmp_path / "hf"),
                HF_HUB_OFFLINE="1", ROSA_TEST_MARK=str(log_dir))
@@ -155,6 +157,8 @@ def test_rosa_up_with_no_llm_flags_turns_the_head_left(tmp_path):
         log = lambda n: (log_dir / f"{n}.log").read_text(errors="replace") if (log_dir / f"{n}.log").exists() else ""
         wait_until(lambda: "reachy_driver ready" in log("reachy_driver") and "kernel ready" in log("kernel"), 90, "the graph")
         wait_until(lambda: peer.node.count_subscribers("/rosa/command") >= 1, 20, "the kernel's subscription")
+        # The kernel offers only robots it has seen answer (it checks every reachability_period_sec).
+        wait_until(lambda: 'reachable=["reachy-mini"]' in log("kernel"), 30, "the kernel to see the robot")
         yaw0 = sim.state()["yaw"]
         t0 = time.monotonic()
         say = subprocess.run([str(ROOT / "rosa"), "say", "look to your left"], env=env, capture_output=True, text=True, timeout=60)

@@ -280,7 +280,9 @@ pub fn queued_note(event: &Event, seq: u64, busy_for: std::time::Duration) -> St
 }
 
 /// The nudge after tool results: a small model otherwise tends to call the tool again.
-pub const AFTER_TOOL_NUDGE: &str = "The tool result is above. If it settles the event, reply now to the user in one short plain-text sentence: no tool call, no JSON. Call a tool again only if the event still needs a different action.";
+/// (Measured with Qwen2.5-Coder-1.5B: without it, it terminated the worker it had just launched;
+/// a nudge listing what not to write was echoed back verbatim; this one gets a sentence.)
+pub const AFTER_TOOL_NUDGE: &str = "Now reply to the user in one short sentence, based on the result above; call another tool only if the request still needs one.";
 
 /// The options of the kernel's turns: tools offered (`auto`; the kernel decides better without
 /// a grammar forcing a call), the plain-text nudge after tool results, the loop guard, a reply

@@ -253,6 +253,18 @@ impl LlamaServer {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // If this node dies, even by SIGKILL, the model server dies with it (no orphan holding the
+        // model's memory and a port). The spawning thread is a runtime worker, which lives as long
+        // as the node.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e} (./rosa setup builds it)", self.cfg.executable.display()))?;

@@ -271,6 +271,10 @@ impl<'a> Builder<'a> {
     fn array(&mut self, o: &Map<String, Value>, path: &str) -> Result<String, GrammarError> {
         let item = match o.get("items") {
             None => "value".to_string(),
+            // Items that admit no value (an empty enum, e.g. no robot reachable): only `[]`.
+            Some(s) if s.get("enum").and_then(Value::as_array).is_some_and(|e| e.is_empty()) => {
+                return Ok("\"[\" space \"]\" space".into())
+            }
             Some(s) => self.schema(s, &format!("{path}/items"))?,
         };
         let min = o.get("minItems").and_then(Value::as_u64).unwrap_or(0).min(1000);
@@ -872,6 +876,8 @@ mod tests {
         assert!(for_schema(&json!({"type": "tuple"})).is_err());
         assert!(for_schema(&json!({"$ref": "#/$defs/Missing"})).is_err());
         assert!(for_schema(&json!({"enum": []})).is_err());
+        // An array of such items can still be empty.
+        check(&g(json!({"type": "array", "items": {"type": "string", "enum": []}})), &["[]"], &["[\"a\"]"]);
         assert!(for_schema(&json!(false)).is_err());
         assert!(for_schema(&json!({"type": "object", "properties": {"a": {}}, "required": ["b"]})).is_err());
         // Recursive definitions terminate.
