@@ -34,6 +34,7 @@ pub async fn run() -> anyhow::Result<()> {
         let ctx = r2r::Context::create()?;
         let Ok(name) = name_rx.recv() else { return Ok(None) };
         let node = Node::create(ctx, &name, "/rosa")?;
+        crate::ros::attach_rosout(&node);
         tracing::debug!("ROS node up");
         Ok(Some(Spinner::start(node, Duration::from_millis(50))))
     });
