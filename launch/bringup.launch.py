@@ -79,12 +79,19 @@ def launch_overrides(args, default_model="openai/gpt-oss-120b"):
     return {f"/{NAMESPACE}/{n}": {"ros__parameters": p} for n, p in per_node.items() if p}
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Plain YAML: no anchors and aliases for values shared between nodes (rcl refuses them)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def write_overrides(overrides):
     """`launch_overrides()` as a parameters file (plain YAML), or None when there is nothing."""
     if not overrides:
         return None
     with tempfile.NamedTemporaryFile("w", prefix="rosa_launch_", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(overrides, f, default_flow_style=False)
+        yaml.dump(overrides, f, Dumper=_PlainDumper, default_flow_style=False)
         return f.name
 
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// `tracing` to stderr (`RUST_LOG` to filter, default `info`), one escaped line per event (see
-/// [`crate::logging`]), and to `/rosout` once [`attach_rosout`] has named the node.
+/// [`crate::logging`]), and to `/rosout` once [`attach_rosout`] has a publisher for it.
 pub fn init_tracing() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -38,99 +38,86 @@ pub const ROSOUT_BURST: u32 = 100;
 pub const ROSOUT_PER_SEC: f64 = 20.0;
 pub const ROSOUT_MAX_BYTES: usize = 4096;
 
-/// The node's logger name (`rosa.kernel`) once [`attach_rosout`] ran, and the rate limit.
-static ROSOUT: std::sync::OnceLock<(String, std::sync::Mutex<crate::logging::RateLimit>)> = std::sync::OnceLock::new();
+/// Where events go once [`attach_rosout`] ran: the node's logger name (`rosa.kernel`), its
+/// `/rosout` publisher and the rate limit.
+struct Rosout {
+    logger: String,
+    out: std::sync::Mutex<(Publisher<r2r::rcl_interfaces::msg::Log>, crate::logging::RateLimit)>,
+}
+
+static ROSOUT: std::sync::OnceLock<Rosout> = std::sync::OnceLock::new();
 
 thread_local! {
-    /// Set while an event is being forwarded to rcl (rcl's own logs then take their usual way).
+    /// Set while an event is being published (an event raised meanwhile is not published again).
     static FORWARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Forwards `tracing` events to rcl's logging for the node, which publishes them on `/rosout`
-/// (`rcl_interfaces/msg/Log`, name = the node's logger name, e.g. `rosa.kernel`), honouring the
-/// usual `--ros-args --log-level …` and `--disable-rosout-logs`.
+/// Publishes `tracing` events on `/rosout` (`rcl_interfaces/msg/Log`, `name` the node's logger
+/// name, e.g. `rosa.kernel`, as rclcpp's nodes do), rate-limited.
 struct RosoutLayer;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RosoutLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
         use crate::logging::Admit;
-        let Some((logger, limit)) = ROSOUT.get() else { return };
-        if FORWARDING.with(|f| f.get()) {
-            return; // an event raised while forwarding one (r2r's own logging): not again
+        use r2r::rcl_interfaces::msg::Log;
+        let Some(rosout) = ROSOUT.get() else { return };
+        if FORWARDING.with(|f| f.replace(true)) {
+            return; // raised while publishing (r2r's own logging): not again
         }
         let meta = event.metadata();
-        let severity = match *meta.level() {
-            tracing::Level::TRACE | tracing::Level::DEBUG => r2r::LogSeverity::Debug,
-            tracing::Level::INFO => r2r::LogSeverity::Info,
-            tracing::Level::WARN => r2r::LogSeverity::Warn,
-            tracing::Level::ERROR => r2r::LogSeverity::Error,
+        let level = match *meta.level() {
+            tracing::Level::TRACE | tracing::Level::DEBUG => Log::DEBUG as u8,
+            tracing::Level::INFO => Log::INFO as u8,
+            tracing::Level::WARN => Log::WARN as u8,
+            tracing::Level::ERROR => Log::ERROR as u8,
         };
-        let admit = match limit.lock() {
-            Ok(mut l) => l.admit(std::time::Instant::now()),
-            Err(_) => return,
-        };
-        let Admit::Send { dropped } = admit else { return };
-        let text = crate::logging::event_text(event);
-        let file = meta.file().unwrap_or_else(|| meta.target());
-        let line = meta.line().unwrap_or(0);
-        FORWARDING.with(|f| f.set(true));
-        if dropped > 0 {
-            let note = format!("{dropped} log messages were not published on /rosout (more than {ROSOUT_PER_SEC}/s); the node's stderr log has them");
-            r2r::log(&note, logger, file!(), line!(), r2r::LogSeverity::Warn);
+        if let Ok(mut out) = rosout.out.lock() {
+            if let Admit::Send { dropped } = out.1.admit(std::time::Instant::now()) {
+                let log = |level: u8, msg: String, file: &str, function: &str, line: u32| Log {
+                    stamp: now(),
+                    level,
+                    name: rosout.logger.clone(),
+                    msg,
+                    file: file.to_string(),
+                    function: function.to_string(),
+                    line,
+                };
+                if dropped > 0 {
+                    let note = format!(
+                        "{dropped} log messages were not published on /rosout (more than {ROSOUT_BURST} at once or \
+                         {ROSOUT_PER_SEC}/s); the node's stderr log has them"
+                    );
+                    let _ = out.0.publish(&log(Log::WARN as u8, note, file!(), module_path!(), line!()));
+                }
+                let text = crate::logging::event_text(event);
+                let msg = crate::logging::clip(&text, ROSOUT_MAX_BYTES).into_owned();
+                let file = meta.file().unwrap_or_default();
+                let _ = out.0.publish(&log(level, msg, file, meta.module_path().unwrap_or(meta.target()), meta.line().unwrap_or(0)));
+            }
         }
-        // escape() removed every NUL, which rcutils could not take.
-        r2r::log(&crate::logging::clip(&text, ROSOUT_MAX_BYTES), logger, file, line, severity);
         FORWARDING.with(|f| f.set(false));
     }
 }
 
-/// rcl's output handler (console, log file, rosout), kept for everything rosa does not forward.
-static RCL_OUTPUT: std::sync::OnceLock<r2r_rcl::rcutils_logging_output_handler_t> = std::sync::OnceLock::new();
-
-unsafe extern "C" {
-    // rcl/logging_rosout.h (not among r2r_rcl's bindings); exported by librcl.
-    fn rcl_logging_rosout_output_handler(
-        location: *const r2r_rcl::rcutils_log_location_t,
-        severity: std::os::raw::c_int,
-        name: *const std::os::raw::c_char,
-        timestamp: r2r_rcl::rcutils_time_point_value_t,
-        format: *const std::os::raw::c_char,
-        args: *mut r2r_rcl::va_list,
-    );
-}
-
-/// rcutils' output handler while rosa runs: events forwarded from `tracing` go to `/rosout` only
-/// (stderr already has them, escaped); anything else (rcl, rmw) to rcl's usual outputs.
-unsafe extern "C" fn output_handler(
-    location: *const r2r_rcl::rcutils_log_location_t,
-    severity: std::os::raw::c_int,
-    name: *const std::os::raw::c_char,
-    timestamp: r2r_rcl::rcutils_time_point_value_t,
-    format: *const std::os::raw::c_char,
-    args: *mut r2r_rcl::va_list,
-) {
-    if FORWARDING.with(|f| f.get()) {
-        // SAFETY: the arguments are rcutils' own, passed through unchanged.
-        unsafe { rcl_logging_rosout_output_handler(location, severity, name, timestamp, format, args) }
-    } else if let Some(Some(rcl)) = RCL_OUTPUT.get() {
-        // SAFETY: as above; `rcl` is the handler rcl installed.
-        unsafe { rcl(location, severity, name, timestamp, format, args) }
-    }
-}
-
 /// From now on every `tracing` event of this process also goes to `/rosout` under `node`'s
-/// logger name (rate-limited: [`ROSOUT_BURST`], [`ROSOUT_PER_SEC`]). Call once, after the node is
-/// created (rcl registers the node's `/rosout` publisher then).
-pub fn attach_rosout(node: &Node) {
-    let logger = node.logger().to_string();
-    if RCL_OUTPUT.get().is_none() {
-        // SAFETY: rcutils' handler is a global that rcl set up in Context::create (r2r serialises
-        // rcutils logging with its own lock, which `r2r::log` takes).
-        let rcl = unsafe { r2r_rcl::rcutils_logging_get_output_handler() };
-        let _ = RCL_OUTPUT.set(rcl);
-        unsafe { r2r_rcl::rcutils_logging_set_output_handler(Some(output_handler)) };
+/// logger name (rate-limited: [`ROSOUT_BURST`], [`ROSOUT_PER_SEC`]), unless the node was started
+/// with `--ros-args --disable-rosout-logs`. Call once, after the node is created. (rcl of Jazzy
+/// leaves the node's `/rosout` publisher to the client library; r2r has none.)
+pub fn attach_rosout(node: &mut Node) {
+    // SAFETY: a plain getter of rcl's logging configuration, set up in Context::create.
+    if !unsafe { r2r_rcl::rcl_logging_rosout_enabled() } {
+        return;
     }
-    let _ = ROSOUT.set((logger, std::sync::Mutex::new(crate::logging::RateLimit::new(ROSOUT_BURST, ROSOUT_PER_SEC))));
+    // rcl's rosout QoS: reliable, transient-local, keep last 1000, 10 s lifespan.
+    let mut qos = QosProfile::default().reliable().transient_local().keep_last(1000);
+    qos.lifespan = Duration::from_secs(10);
+    match node.create_publisher::<r2r::rcl_interfaces::msg::Log>("/rosout", qos) {
+        Ok(p) => {
+            let out = std::sync::Mutex::new((p, crate::logging::RateLimit::new(ROSOUT_BURST, ROSOUT_PER_SEC)));
+            let _ = ROSOUT.set(Rosout { logger: node.logger().to_string(), out });
+        }
+        Err(e) => tracing::warn!(error = %e, "no /rosout publisher: logs go to stderr only"),
+    }
 }
 
 /// The node, spun in its own thread until [`Spinner::stop`].
@@ -202,7 +189,9 @@ fn from_json(v: &Value) -> Option<ParameterValue> {
 
 /// Read the node's parameters (params file and `-p` overrides) into `T`, write the effective values
 /// back as the node's parameters (so `ros2 param list/get` show them, defaults included), and serve
-/// the parameter services.
+/// r2r's parameter services, which accept any set without applying it. The rosa nodes use
+/// [`declare_params`] instead; this stays for a node whose struct is not yet a
+/// [`NodeParams`].
 pub fn load_config<T>(node: &mut Node) -> anyhow::Result<T>
 where
     T: serde::de::DeserializeOwned + Serialize,

@@ -281,7 +281,7 @@ pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
     let declared = ros::declare_params::<KernelParams>(&mut node)?;
-    ros::attach_rosout(&node);
+    ros::attach_rosout(&mut node);
     let params = declared.current();
 
     let template_path = config::resolve_config_path(&params.prompt_file);

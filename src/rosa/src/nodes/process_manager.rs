@@ -432,7 +432,7 @@ pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "process_manager", "/rosa")?;
     let declared = ros::declare_params::<ProcessManagerParams>(&mut node)?;
-    ros::attach_rosout(&node);
+    ros::attach_rosout(&mut node);
     let params = declared.current();
 
     let registry_path = config::resolve_config_path(&params.robots_file);

@@ -321,7 +321,7 @@ pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "reachy_driver", "/rosa")?;
     let declared = ros::declare_params::<ReachyParams>(&mut node)?;
-    ros::attach_rosout(&node);
+    ros::attach_rosout(&mut node);
     let params = declared.current();
 
     let joints = node.create_publisher::<JointState>("/joint_states", ros::reliable(10))?;

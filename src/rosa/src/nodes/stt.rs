@@ -217,7 +217,7 @@ pub async fn run() -> anyhow::Result<()> {
     let mut node = Node::create(ctx, "stt", "/rosa")?;
     // Declaring checks every value (SttParams::check): a wrong one is a configuration error.
     let declared = ros::declare_params::<SttParams>(&mut node)?;
-    ros::attach_rosout(&node);
+    ros::attach_rosout(&mut node);
     let params = declared.current();
     let source = params.source().map_err(config_error)?;
     let wav = match &source {
