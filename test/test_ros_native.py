@@ -224,18 +224,29 @@ def test_a_log_storm_is_rate_limited_on_rosout_and_kept_in_stderr(graph, peer, l
     pub = peer.publisher("/rosa/command", String)
     before = len(rosout(peer, "rosa.kernel"))
     t0 = time.monotonic()
-    for i in range(400):
+    for i in range(1000):
         pub.publish(String(data=f"storm {i}"))
-        if i % 50 == 49:
-            time.sleep(0.02)  # within the kernel's subscription depth: every command arrives
-    # Every refusal is in the node's stderr log...
-    wait_until(lambda: graph.log("kernel").count("refused [User typed] storm") >= 390, 30, "the refusals in the log")
+        if i % 20 == 19:
+            time.sleep(0.01)  # r2r's subscription channel holds 10: let the kernel keep up
+    refusals = lambda: graph.log("kernel").count("refused [User typed] storm")
+    # Every refusal is in the node's stderr log (when the count stops growing)...
+    seen = [-1]
+
+    def settled():
+        n = refusals()
+        done, seen[0] = n == seen[0] and n > 0, n
+        return done
+
+    wait_until(lambda: time.sleep(0.5) or settled(), 30, "the refusals in the log")
     elapsed = time.monotonic() - t0
+    n = refusals()
+    assert n >= 300, n  # a storm: more than the burst, faster than the rate
     time.sleep(1.0)
     storm = rosout(peer, "rosa.kernel")[before:]
     # ...while /rosout got at most the burst plus the rate over the storm (and the notes).
-    assert len(storm) <= 100 + 20 * (elapsed + 1.0) + 5, (len(storm), elapsed)
-    assert len(storm) < 390
+    assert len(storm) <= 100 + 20 * (elapsed + 1.0) + 5, (len(storm), n, elapsed)
+    assert len(storm) < n, (len(storm), n)
+    print(f"log storm: {n} refusals logged to stderr, {len(storm)} messages on /rosout, in {elapsed:.1f} s")
     release["go"] = True
     note = wait_until(lambda: [m for m in rosout(peer, "rosa.kernel") if "were not published on /rosout" in m.msg], 15,
                       "the count of what was not published")
@@ -319,6 +330,22 @@ def ros2(*args, env, timeout=30, cwd=None):
     return subprocess.run(["ros2", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+def ros2_until(ok, *args, env, timeout=30):
+    """`ros2 …` again until `ok(output)` (a fresh CLI node may not have discovered the graph yet)."""
+    last = {}
+
+    def attempt():
+        r = ros2(*args, env=env)
+        last["out"] = r.stdout + r.stderr
+        return ok(last["out"])
+
+    try:
+        wait_until(attempt, timeout, f"ros2 {' '.join(args)}")
+    except TimeoutError:
+        raise AssertionError(f"ros2 {' '.join(args)}: {last.get('out')}")
+    return last["out"]
+
+
 def pids(name, domain_id):
     found = []
     for d in Path("/proc").iterdir():
@@ -345,30 +372,30 @@ def test_ros2_launch_and_the_ros2_cli(tmp_path, llm, capsys):
                ROSA_CONFIG_DIR=str(ROOT / "config"))
     robots = tmp_path / "robots.yaml"
     robots.write_text("robots: []\n")
-    out = open(tmp_path / "launch.log", "w")
+    launch_out = open(tmp_path / "launch.log", "w")
     # From a directory that is not the checkout's root (see README), with every kind of argument;
     # stt with a model that does not exist: a configuration error, exit code 78.
     launch = subprocess.Popen(["ros2", "launch", "rosa", "bringup.launch.py", f"llm_url:={llm.url}", "llm_model:=scripted",
                                f"robots_file:={robots}", "with_reachy:=false", "audio_source:=none",
                                f"stt_model:={tmp_path}/missing.bin"],
-                              cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                              cwd=tmp_path, env=env, stdout=launch_out, stderr=subprocess.STDOUT, start_new_session=True)
     log = lambda: (tmp_path / "launch.log").read_text(errors="replace")
     try:
         node = "/rosa/process_manager"
         wait_until(lambda: "Integer value is: 4" in ros2("param", "get", "--no-daemon", node, "max_processes", env=env).stdout,
                    40, f"ros2 param get {node} max_processes")
-        r = ros2("param", "set", "--no-daemon", node, "max_processes", "1", env=env)
-        assert "Set parameter successful" in r.stdout, r
-        r = ros2("service", "call", "/rosa/list_processes", "rosa_interfaces/srv/ListProcesses", "{}", env=env)
-        assert "max_processes=1" in r.stdout, r
-        r = ros2("param", "set", "--no-daemon", node, "max_processes", "four", env=env)
-        assert "Setting parameter failed" in r.stdout + r.stderr and "integer" in r.stdout + r.stderr, r
-        r = ros2("param", "set", "--no-daemon", node, "robots_file", "x.yaml", env=env)
-        assert "read-only" in r.stdout + r.stderr, r
-        r = ros2("param", "describe", "--no-daemon", node, "max_processes", env=env)
-        assert "Concurrent workers" in r.stdout and "Min value: 0" in r.stdout and "Max value: 256" in r.stdout, r.stdout
-        r = ros2("service", "call", "/rosa/chat", "rosa_interfaces/srv/Chat", "{prompt: 'hi'}", env=env, timeout=60)
-        assert "from ros2 launch" in r.stdout, r
+        out = ros2_until(lambda o: "Set parameter" in o, "param", "set", "--no-daemon", node, "max_processes", "1", env=env)
+        assert "Set parameter successful" in out, out
+        out = ros2_until(lambda o: "response:" in o, "service", "call", "/rosa/list_processes", "rosa_interfaces/srv/ListProcesses", "{}", env=env)
+        assert "max_processes=1" in out, out
+        out = ros2_until(lambda o: "parameter" in o.lower() and "Node not found" not in o, "param", "set", "--no-daemon", node, "max_processes", "four", env=env)
+        assert "Setting parameter failed" in out and "is an integer; got a string" in out, out
+        out = ros2_until(lambda o: "Node not found" not in o, "param", "set", "--no-daemon", node, "robots_file", "x.yaml", env=env)
+        assert "Setting parameter failed" in out and "read-only" in out, out
+        out = ros2_until(lambda o: "Node not found" not in o, "param", "describe", "--no-daemon", node, "max_processes", env=env)
+        assert "Concurrent workers" in out and "Min value: 0" in out and "Max value: 256" in out, out
+        out = ros2_until(lambda o: "response:" in o, "service", "call", "/rosa/chat", "rosa_interfaces/srv/Chat", "{prompt: 'hi'}", env=env, timeout=60)
+        assert "from ros2 launch" in out, out
         # The kernel respawns after kill -9; stt (exit 78) does not.
         [kernel] = wait_until(lambda: pids("kernel", domain), 10, "the kernel")
         os.kill(kernel, signal.SIGKILL)
@@ -378,11 +405,11 @@ def test_ros2_launch_and_the_ros2_cli(tmp_path, llm, capsys):
         assert not pids("stt", domain)
         starts = [l for l in log().splitlines() if "[stt-" in l and "process started with pid" in l]
         assert len(starts) == 1, starts
-        r = ros2("topic", "echo", "--once", "/rosout", "rcl_interfaces/msg/Log", env=env, timeout=30)
-        assert "name: rosa." in r.stdout, r
+        out = ros2_until(lambda o: "name: rosa." in o, "topic", "echo", "--once", "/rosout", "rcl_interfaces/msg/Log", env=env)
+        assert "level: 20" in out or "level: 30" in out, out
     finally:
         stop_supervisor(launch)
-        out.close()
+        launch_out.close()
         for name in ("kernel", "process_manager", "stt", "worker"):
             for pid in pids(name, domain):
                 os.kill(pid, signal.SIGKILL)
