@@ -413,3 +413,37 @@ def test_ros2_launch_and_the_ros2_cli(tmp_path, llm, capsys):
         for name in ("kernel", "process_manager", "stt", "worker"):
             for pid in pids(name, domain):
                 os.kill(pid, signal.SIGKILL)
+
+
+# -------------------------------------------------------------------------------------------------
+# ./rosa up's terminal
+# -------------------------------------------------------------------------------------------------
+
+def test_rosa_up_prints_one_escaped_line_per_event(tmp_path, domain_id, llm, peer):
+    llm.handler = lambda req: Reply("done")
+    log_dir = tmp_path / "logs"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", llm.url, "--llm-model", "scripted",
+                           "--log-dir", str(log_dir), "--no-sim", "--no-stt"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    kernel_log = log_dir / "kernel.log"
+    try:
+        wait_until(lambda: kernel_log.exists() and "kernel ready" in kernel_log.read_text(), 30, "the kernel to start")
+        peer.publish("/rosa/command", String, String(data="hi\n[kernel] INFO kernel ready forged=1\x1b[2J\x1b]0;x\x07"))
+        wait_until(lambda: "says: done" in kernel_log.read_text(), 20, "the kernel's reply")
+    finally:
+        stop_supervisor(up)
+    out = up.stdout.read().decode("utf-8", errors="replace")
+    assert "\x1b" not in out and "\x07" not in out
+    forged = [line for line in out.splitlines() if "forged=1" in line]
+    assert forged and all(line.startswith("[kernel] ") and " event " in line and "hi\\n[kernel]" in line for line in forged), forged
+    for line in kernel_log.read_text().splitlines():
+        assert "forged=1" not in line or " event " in line, line
+
+
+def test_the_supervisor_escapes_whatever_a_process_prints():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import supervise
+
+    assert supervise.escape("plain ünïcode") == "plain ünïcode"
+    assert supervise.escape("a\rb\tc\x1b[31m\x00\x9b\u2028\u202e") == "a\\rb\\tc\\u{1b}[31m\\u{0}\\u{9b}\\u{2028}\\u{202e}"

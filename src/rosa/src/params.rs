@@ -232,6 +232,15 @@ fn is_dynamic(dynamic: &[&str], name: &str) -> bool {
 fn coerce(d: &Descriptor, kind: Kind, value: Value) -> Result<Value, String> {
     let name = &d.name;
     let wrong = || format!("parameter `{name}` is {}; got {}", d.kind.a(), kind.a());
+    // JSON has no NaN or infinity: such a double arrives as null.
+    let non_finite = match &value {
+        Value::Null => true,
+        Value::Array(a) => a.iter().any(Value::is_null),
+        _ => false,
+    };
+    if non_finite && matches!(kind, Kind::Double | Kind::DoubleArray) {
+        return Err(format!("parameter `{name}` must be a finite number"));
+    }
     let value = match (d.kind, kind) {
         (a, b) if a == b => value,
         (Kind::Double, Kind::Integer) => Value::from(value.as_f64().ok_or_else(wrong)?),
@@ -416,7 +425,7 @@ mod tests {
     use serde::Deserialize;
     use serde_json::json;
 
-    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
     #[serde(default)]
     struct Inner {
         /// Inner URLs.
@@ -486,7 +495,7 @@ mod tests {
         let e = load(vec![("max", json!(0))]).err().unwrap().to_string();
         assert!(e.contains("out of its range [1, 64]"), "{e}");
         let e = load(vec![("max", json!("four"))]).err().unwrap().to_string();
-        assert!(e.contains("must be an integer"), "{e}");
+        assert!(e.contains("is an integer; got a string"), "{e}");
         let e = load(vec![("flag", json!(true)), ("max", json!(20))]).err().unwrap().to_string();
         assert!(e.contains("flag needs"), "{e}");
     }
@@ -505,7 +514,8 @@ mod tests {
             (("file", Some(Kind::String), json!("g")), "read-only"),
             (("nope", Some(Kind::Bool), json!(true)), "not declared by /t/node"),
             (("max", None, Value::Null), "cannot be unset"),
-            (("inner.timeout_sec", Some(Kind::Double), json!(f64::NAN)), "out of its range"),
+            (("inner.timeout_sec", Some(Kind::Double), json!(f64::NAN)), "finite"),
+            (("inner.timeout_sec", Some(Kind::Double), json!(0.0)), "out of its range"),
             (("inner.urls", Some(Kind::StringArray), json!(["a\0b"])), "NUL"),
         ];
         for ((name, kind, value), why) in refusals {

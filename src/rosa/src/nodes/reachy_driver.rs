@@ -99,8 +99,8 @@ pub struct ReachyParams {
     pub daemon_url: String,
     /// The MCP server's (streamable HTTP) address: bind beyond loopback only on purpose.
     pub mcp_bind: String,
-    /// The MCP server's port.
-    #[schemars(range(min = 1, max = 65535))]
+    /// The MCP server's port (0 = any free port; the log says which).
+    #[schemars(range(min = 0, max = 65535))]
     pub mcp_port: u64,
     /// The MCP server's path.
     pub mcp_path: String,
