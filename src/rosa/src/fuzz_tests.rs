@@ -1,6 +1,7 @@
-//! Fuzz tests of the nodes' inputs, r2r-free: 10,000 hostile cases each for commands, goals,
-//! service requests and the files tools read, none of which may panic or let a NUL through to a
-//! message. (MCP tool arguments: `reachy::tools::tests::fuzzed_tool_arguments_never_panic`; a live
+//! Fuzz tests of the nodes' inputs, r2r-free: 10,000 hostile cases each for commands and LLM replies
+//! (kernel), goals and service requests (process manager), the files tools read, and topic inputs
+//! (the stt node's AudioData, the Reachy driver's camera frames), none of which may panic or let a
+//! NUL through to a message. (MCP tool arguments: `reachy::tools::tests::fuzzed_tool_arguments_never_panic`; a live
 //! run against the real nodes: `test/test_hardening.py::test_fuzzed_inputs_live`.)
 //!
 //! Deterministic: a fixed-seed generator, so a failure names its case and reproduces.
@@ -270,4 +271,35 @@ fn fuzzed_paths_never_read_outside_the_data_dir() {
     }
     assert!(read > 0);
     std::fs::remove_dir_all(&base).ok();
+}
+
+#[test]
+fn fuzzed_topic_inputs_of_the_stt_and_reachy_nodes_never_panic() {
+    use crate::reachy::camera::{to_jpeg, Frame};
+    use crate::stt::audio::chunk_from_pcm;
+    use std::time::{Duration, UNIX_EPOCH};
+    let mut rng = Rng::new(0x5eed_0006);
+    let encodings = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuyv", "yuv422_yuy2", "16UC1", "", "\0"];
+    let (mut chunks, mut frames) = (0, 0);
+    for _ in 0..CASES {
+        // AudioData on an stt topic: any channel count, rate, length and stamp.
+        let samples: Vec<i16> = (0..rng.below(64)).map(|_| rng.next() as i16).collect();
+        let channels = *rng.pick(&[0u16, 1, 2, 3, 64, 65, u16::MAX]);
+        let rate = *rng.pick(&[0u32, 1, 999, 1000, 16_000, 48_000, 384_000, 384_001, u32::MAX]);
+        let stamp = match rng.below(3) {
+            0 => None,
+            1 => Some(UNIX_EPOCH),
+            _ => UNIX_EPOCH.checked_add(Duration::new((rng.next() as i32).max(0) as u64, rng.next() as u32 % 1_000_000_000)),
+        };
+        chunks += usize::from(chunk_from_pcm(&samples, channels, rate, stamp).is_ok());
+        // A camera frame on the Reachy driver's image topic: any size, step and encoding.
+        let width = *rng.pick(&[0u32, 1, 2, 7, 8, 16_384, 16_385, u32::MAX]);
+        let height = *rng.pick(&[0u32, 1, 3, 16_385, u32::MAX]);
+        let step = *rng.pick(&[0u32, 1, 3, 24, u32::MAX]);
+        let data: Vec<u8> = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
+        let f = Frame::Raw { width, height, encoding: rng.pick(&encodings).to_string(), step, data };
+        frames += usize::from(to_jpeg(&f).is_ok());
+    }
+    assert!(chunks > 100, "{chunks}");
+    assert!(frames > 0, "{frames}");
 }
