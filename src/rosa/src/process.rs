@@ -166,6 +166,13 @@ impl ProcessTable {
         }
     }
 
+    /// [`Self::snapshot`] without copying the rows (their prompts may be megabytes).
+    pub fn rows_in_order(&self, include_ended: bool) -> Vec<&Row> {
+        let live = self.rows.iter().filter(|r| r.state.is_live());
+        let ended = self.rows.iter().filter(|r| include_ended && !r.state.is_live());
+        live.chain(ended).collect()
+    }
+
     /// Live rows first (oldest first), then ended ones (most recent last).
     pub fn snapshot(&self, include_ended: bool) -> Vec<Row> {
         let mut out: Vec<Row> = self.rows.iter().filter(|r| r.state.is_live()).cloned().collect();
@@ -362,6 +369,8 @@ mod tests {
             t.finish(&id, State::Failed);
         }
         assert_eq!(t.snapshot(true).len(), 4, "1 live + 3 ended");
+        assert_eq!(t.rows_in_order(true).into_iter().cloned().collect::<Vec<_>>(), t.snapshot(true));
+        assert_eq!(t.rows_in_order(false).len(), 1);
         assert_eq!(t.snapshot(false).len(), 1);
         assert_eq!(t.snapshot(true).last().unwrap().worker_id, "x9");
         assert_eq!(t.get("x9").unwrap().pid, 0);

@@ -137,7 +137,7 @@ impl Ctx {
             ProcessTableMsg {
                 stamp: ros::now(),
                 max_processes: input::saturating_u32(s.table.max_processes as u64),
-                processes: s.table.snapshot(true).iter().map(|r| info(r, false)).collect(),
+                processes: s.table.rows_in_order(true).into_iter().map(|r| info(r, false)).collect(),
             }
         };
         if let Err(e) = self.table_pub.publish(&msg) {
@@ -180,14 +180,16 @@ impl Ctx {
             }
             return;
         }
-        let goal = req.goal.clone();
-        let (handle, cancel) = match req.accept() {
+        let (mut handle, cancel) = match req.accept() {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot accept goal");
                 return;
             }
         };
+        // The goal moves out of the handle (r2r does not use it): clones of the handle, and the
+        // handle itself, then do not carry a prompt that may be megabytes.
+        let goal = std::mem::take(&mut handle.goal);
         let (term_tx, term_rx) = mpsc::channel(4);
         {
             let mut s = self.shared.lock().expect("table lock");
@@ -536,7 +538,7 @@ pub async fn run() -> anyhow::Result<()> {
                     let s = ctx.shared.lock().expect("table lock");
                     ListProcesses::Response {
                         max_processes: input::saturating_u32(s.table.max_processes as u64),
-                        processes: s.table.snapshot(req.message.include_ended).iter().map(|r| info(r, req.message.full_system_prompts)).collect(),
+                        processes: s.table.rows_in_order(req.message.include_ended).into_iter().map(|r| info(r, req.message.full_system_prompts)).collect(),
                     }
                 };
                 if let Err(e) = req.respond(resp) {
