@@ -19,7 +19,7 @@ from action_msgs.msg import GoalStatus
 from rosa_interfaces.action import LaunchProcess
 from rosa_interfaces.msg import KernelEvent, ProcessTable, Update, WorkerCallback
 from rosa_interfaces.srv import Chat, ListProcesses, TerminateProcess
-from std_msgs.msg import Empty, String
+from std_msgs.msg import String
 
 from conftest import LATCHED, Graph, Peer, fresh_domain_id, wait_until
 from support.reachy import McpClient, free_port
@@ -322,22 +322,31 @@ def test_take_picture_refuses_a_planted_symlink(tmp_path, llm):
         r.close()
 
 
-def test_speak_refuses_what_the_engine_cannot_take_and_pieces_the_rest(reachy):
+def test_speak_refuses_what_the_engine_cannot_take_and_pieces_the_rest(reachy, tmp_path, llm):
     mcp = reachy.client()
     try:
         err, text = mcp.call("speak", {"text": "word " * 80_000})  # 400 kB
         assert err and "399999 characters, more than the 5000" in text, text
-        # 1.5 kB of sentences: espeak-ng gets pieces of at most 1000 bytes (the first WAV comes from one).
-        err, text = mcp.call("speak", {"text": "This is a short sentence. " * 58})
+    finally:
+        mcp.close()
+    # Allowed longer: 150 kB is past what espeak-ng takes as its argument (128 KiB), so it gets it in
+    # pieces of at most 1000 bytes; the first piece is spoken (a WAV), then interrupted.
+    (tmp_path / "long").mkdir()
+    r = ReachyNode(tmp_path / "long", llm.url, **{"speech.max_chars": 200_000})
+    mcp = r.client()
+    try:
+        err, text = mcp.call("speak", {"text": "This is a short sentence. " * 5_800})
         assert not err, text
-        wav = wait_until(lambda: next(iter(sorted(reachy.speech_dir.glob("speech-*.wav"))), None), 30, "the first piece's WAV")
+        wav = wait_until(lambda: next(iter(sorted(r.speech_dir.glob("speech-*.wav"))), None), 30, "the first piece's WAV")
         assert wav.stat().st_size > 1000
         err, text = mcp.call("speak", {"text": "stop", "forcefully_interrupt": True})
         assert not err
     finally:
         mcp.close()
-    log = reachy.graph.log("reachy_driver")
-    assert "Argument list too long" not in log and "speech: text to speech failed" not in log, log[-2000:]
+        r.close()
+    for g in (reachy.graph, r.graph):
+        log = g.log("reachy_driver")
+        assert "Argument list too long" not in log and "speech: text to speech failed" not in log, log[-2000:]
     no_panic(reachy.graph, "reachy_driver")
 
 
@@ -476,20 +485,20 @@ def test_fuzzed_inputs_live(graph, peer, llm, robot, tmp_path):
     reachy = ReachyNode(tmp_path / "reachy", llm.url)
     try:
         pub = peer.publisher("/rosa/command", String)
-        for i in range(300):
+        for i in range(240):
             if i % 3 == 0:
                 pub.publish(cdr_string(hostile_bytes(rng)))
             else:
                 pub.publish(String(data=hostile_text(rng).replace("\x00", "")))  # rclpy refuses a NUL itself
         client = peer.action_client(LaunchProcess, "/rosa/launch_process")
         handles = []
-        for _ in range(60):
+        for _ in range(40):
             goal = LaunchProcess.Goal(system_prompt=hostile_text(rng).replace("\x00", ""), robots=rng.choice([["testbot"], [], ["ghost"]]),
                                       max_steps=rng.choice([0, 1, 4_294_967_295]), timeout_sec=hostile_number(rng))
             h = peer.wait_future(client.send_goal_async(goal))
             if h.accepted:
                 handles.append(h)
-        for _ in range(100):
+        for _ in range(60):
             peer.call(TerminateProcess, "/rosa/terminate_process",
                       TerminateProcess.Request(worker_id=hostile_text(rng).replace("\x00", ""), force=rng.random() < 0.5))
             peer.call(ListProcesses, "/rosa/list_processes",
@@ -502,7 +511,7 @@ def test_fuzzed_inputs_live(graph, peer, llm, robot, tmp_path):
         names = ["goto_target", "move_head_left", "reset_head", "play_emotion", "take_picture", "describe_image", "speak",
                  "move_to_audio", "list_emotions", "stop_move"]
         try:
-            for _ in range(200):
+            for _ in range(150):
                 args = hostile_json(rng)
                 try:
                     mcp.call(rng.choice(names), args if isinstance(args, dict) else {"text": args}, timeout=20)
