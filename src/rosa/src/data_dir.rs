@@ -125,6 +125,7 @@ impl DataDir {
             let n = Path::new("/").join(normalize(p)?);
             [&self.root, &self.configured]
                 .iter()
+                .filter(|r| r.is_absolute())
                 .find_map(|r| normalize(r).and_then(|r| n.strip_prefix(Path::new("/").join(r)).ok().map(Path::to_path_buf)))?
         } else {
             normalize(p)?
