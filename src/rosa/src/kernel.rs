@@ -197,9 +197,13 @@ impl ToolBox for KernelTools {
                         known.join(", ")
                     ));
                 }
-                match self.processes.launch(a.system_prompt, a.robots).await {
+                // A NUL cannot cross into rcl: the worker gets ␀ instead, and the model is told.
+                let nuls = a.system_prompt.matches('\0').count();
+                let prompt = crate::input::ros_name(&a.system_prompt).into_owned();
+                let note = if nuls > 0 { format!(" (note: {nuls} NUL character(s) in system_prompt were replaced by ␀)") } else { String::new() };
+                match self.processes.launch(prompt, a.robots).await {
                     Ok(id) => ToolOutput::ok(format!(
-                        "launched worker_id={id}; it will report back with a [Worker callback]"
+                        "launched worker_id={id}; it will report back with a [Worker callback]{note}"
                     )),
                     Err(e) => ToolOutput::error(format!("launch failed: {e}")),
                 }

@@ -2,6 +2,7 @@
 
 use crate::agent::{Agent, Memory};
 use crate::config::{self, LlmConfig};
+use crate::input::{self, clamped_size, ros_text};
 use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, Limits, ProcessControl, ProcessRow, Source};
 use crate::llm::{ChatModel, Completion, LlmError, Message, OpenAiChat, ToolSpec};
 use crate::process::worker_id_for_goal;
@@ -123,7 +124,7 @@ struct RosOutput {
 
 impl KernelOutput for RosOutput {
     fn event(&self, seq: u64, source: Source, text: &str, received: SystemTime) {
-        let msg = KernelEvent { seq, source: source.as_str().into(), text: text.into(), stamp: ros::stamp(received) };
+        let msg = KernelEvent { seq, source: source.as_str().into(), text: ros_text(text).into_owned(), stamp: ros::stamp(received) };
         if let Err(e) = self.events.lock().expect("publisher lock").publish(&msg) {
             tracing::error!(error = %e, "cannot publish /rosa/events");
         }
@@ -135,7 +136,7 @@ impl KernelOutput for RosOutput {
 }
 
 fn publish_update(p: &Publisher<Update>, role: &str, text: &str) {
-    let msg = Update { role: role.into(), text: text.into(), worker_id: String::new(), stamp: ros::now() };
+    let msg = Update { role: role.into(), text: ros_text(text).into_owned(), worker_id: String::new(), stamp: ros::now() };
     if let Err(e) = p.publish(&msg) {
         tracing::error!(error = %e, "cannot publish /rosa/updates");
     }
@@ -206,7 +207,7 @@ impl ProcessControl for RosProcesses {
                 Ok(id)
             }
             Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
-                let req = ListProcesses::Request { include_ended: false };
+                let req = ListProcesses::Request { include_ended: false, full_system_prompts: false };
                 Err(match self.request(self.list.request(&req)).await {
                     Ok(t) if t.processes.len() >= t.max_processes as usize => format!(
                         "rejected by the process manager: {} of at most {} processes are running; wait for one to finish or terminate one",
@@ -221,7 +222,7 @@ impl ProcessControl for RosProcesses {
     }
 
     async fn list(&self) -> Result<Vec<ProcessRow>, String> {
-        let req = ListProcesses::Request { include_ended: true };
+        let req = ListProcesses::Request { include_ended: true, full_system_prompts: false };
         let resp = self.request(self.list.request(&req)).await?;
         Ok(resp
             .processes
@@ -275,6 +276,20 @@ fn refuse(updates: &Publisher<Update>, event: &Event, why: &str) {
     let text = format!("refused {}: {why}", crate::llm::truncate(&event.text, 200));
     tracing::warn!("{text}");
     publish_update(updates, "system", &text);
+}
+
+/// A user's text (`what`: "command", "transcript", "chat prompt") that is empty, only whitespace or
+/// not valid UTF-8 is refused out loud on /rosa/updates and never reaches the LLM.
+fn accept_user_text(updates: &Publisher<Update>, what: &str, text: String) -> Option<String> {
+    match input::user_text_refusal(what, &text) {
+        None => Some(text),
+        Some(why) => {
+            let text = format!("refused a {what}: {why}");
+            tracing::warn!("{text}");
+            publish_update(updates, "system", &text);
+            None
+        }
+    }
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -340,7 +355,7 @@ pub async fn run() -> anyhow::Result<()> {
     let (robots_tx, robots_rx) = watch::channel(Vec::new());
     tokio::spawn(watch_robots(registry.robots.clone(), robots_tx, declared.watch()));
 
-    let (queue, rx) = EventQueue::new(params.queue_size as usize);
+    let (queue, rx) = EventQueue::new(clamped_size(params.queue_size, 1, 100_000));
     let forward = |stream: futures::stream::BoxStream<'static, Event>| {
         let queue = queue.clone();
         let updates = updates.clone();
@@ -351,14 +366,20 @@ pub async fn run() -> anyhow::Result<()> {
             futures::future::ready(())
         }))
     };
-    forward(commands.map(|m| Event::command(&m.data)).boxed());
-    forward(transcripts.map(|m| Event::transcript(&m.text)).boxed());
+    let (u1, u2) = (updates.clone(), updates.clone());
+    forward(commands.filter_map(move |m| futures::future::ready(accept_user_text(&u1, "command", m.data))).map(|t| Event::command(&t)).boxed());
+    forward(transcripts.filter_map(move |m| futures::future::ready(accept_user_text(&u2, "transcript", m.text))).map(|t| Event::transcript(&t)).boxed());
     forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
     {
         let queue = queue.clone();
         let updates = updates.clone();
         tokio::spawn(async move {
             while let Some(req) = chats.next().await {
+                if let Some(why) = input::user_text_refusal("chat prompt", &req.message.prompt) {
+                    let _ = accept_user_text(&updates, "chat prompt", req.message.prompt.clone());
+                    let _ = req.respond(Chat::Response { success: false, reply: ros_text(&why).into_owned() });
+                    continue;
+                }
                 let (event, reply) = Event::chat(&req.message.prompt);
                 if let Err((e, why)) = queue.push(event) {
                     refuse(&updates, &e, &why);
@@ -367,8 +388,8 @@ pub async fn run() -> anyhow::Result<()> {
                 }
                 tokio::spawn(async move {
                     let resp = match reply.await {
-                        Ok(Ok(text)) => Chat::Response { success: true, reply: text },
-                        Ok(Err(e)) => Chat::Response { success: false, reply: e },
+                        Ok(Ok(text)) => Chat::Response { success: true, reply: ros_text(&text).into_owned() },
+                        Ok(Err(e)) => Chat::Response { success: false, reply: ros_text(&e).into_owned() },
                         Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
                     };
                     if let Err(e) = req.respond(resp) {

@@ -7,6 +7,9 @@
 //! frames through channels: it never holds the node.
 
 use crate::config::LlmConfig;
+use crate::data_dir::DataDir;
+use crate::input::{clamped_seconds, clamped_size};
+use crate::mcp_server::{Guard, McpAccess};
 use crate::reachy::camera::{Camera, Frame, Stamped};
 use crate::reachy::daemon::{self, Daemon, Link, RobotState};
 use crate::reachy::limits::REACHY_MINI;
@@ -24,7 +27,8 @@ use r2r::tf2_msgs::msg::TFMessage;
 use r2r::{Node, Publisher, QosProfile};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use crate::ConfigurationError;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -49,6 +53,10 @@ pub struct SpeechParams {
     /// Utterances waiting at most.
     #[schemars(range(min = 1, max = 1000))]
     pub queue_size: u64,
+    /// Characters one `speak` may have at most (longer texts are refused; the engine gets them
+    /// in pieces of at most 1000 bytes).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_chars: u64,
     /// For engine "openai": the endpoint's base URL.
     pub url: String,
     /// For engine "openai": the speech model.
@@ -66,6 +74,7 @@ impl Default for SpeechParams {
             output: "auto".into(),
             output_dir: String::new(),
             queue_size: 16,
+            max_chars: crate::reachy::speech::DEFAULT_MAX_CHARS as u64,
             url: "https://api.groq.com/openai/v1".into(),
             model: "playai-tts".into(),
             key_env: "GROQ_API_KEY".into(),
@@ -104,6 +113,9 @@ pub struct ReachyParams {
     pub mcp_port: u64,
     /// The MCP server's path.
     pub mcp_path: String,
+    /// Who may call the MCP server: `require_token`, `token_file`, `allowed_origins`.
+    #[serde(flatten)]
+    pub mcp_access: McpAccess,
     /// /joint_states and /tf rate at most, Hz (the daemon streams at ~50 Hz).
     #[schemars(range(min = 1.0, max = 200.0))]
     pub publish_rate_hz: f64,
@@ -140,6 +152,7 @@ impl Default for ReachyParams {
             mcp_bind: "127.0.0.1".into(),
             mcp_port: 5001,
             mcp_path: "/mcp".into(),
+            mcp_access: McpAccess::default(),
             publish_rate_hz: 100.0,
             request_timeout_sec: 10.0,
             reconnect_sec: 1.0,
@@ -158,14 +171,11 @@ impl Default for ReachyParams {
 }
 
 fn data_dir(p: &ReachyParams) -> PathBuf {
-    if !p.data_dir.is_empty() {
-        return PathBuf::from(&p.data_dir);
+    if p.data_dir.is_empty() {
+        crate::data_dir::default_root()
+    } else {
+        PathBuf::from(&p.data_dir)
     }
-    if let Ok(d) = std::env::var("ROSA_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    PathBuf::from(home).join(".local/share/rosa")
 }
 
 fn header(stamp: SystemTime, frame: &str) -> Header {
@@ -288,14 +298,15 @@ fn diagnostics(link: &Link, url: &str, rate: f64, speech: &str, speaking: bool) 
     }
 }
 
-async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: PathBuf) -> Arc<dyn AudioSink> {
-    let files = || -> Arc<dyn AudioSink> {
+async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: &Path) -> anyhow::Result<Arc<dyn AudioSink>> {
+    let files = || -> anyhow::Result<Arc<dyn AudioSink>> {
         let d = if p.speech.output_dir.is_empty() { dir.join("speech") } else { PathBuf::from(&p.speech.output_dir) };
-        Arc::new(WavFiles { dir: d, count: AtomicU64::new(0) })
+        let dir = DataDir::open(&d).map_err(|e| anyhow::Error::new(ConfigurationError(format!("speech.output_dir: {e}"))))?;
+        Ok(Arc::new(WavFiles { dir, count: AtomicU64::new(0) }))
     };
     let speaker = || -> Arc<dyn AudioSink> { Arc::new(DaemonSpeaker { daemon: daemon.clone(), count: AtomicU64::new(0) }) };
-    match p.speech.output.as_str() {
-        "files" => files(),
+    Ok(match p.speech.output.as_str() {
+        "files" => files()?,
         "daemon" => speaker(),
         "local" => Arc::new(LocalSpeaker),
         other => {
@@ -311,10 +322,10 @@ async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: PathBuf) -> Arc<dyn
                 Arc::new(LocalSpeaker)
             } else {
                 tracing::warn!("no speaker on the daemon and no local audio device: speech goes to WAV files");
-                files()
+                files()?
             }
         }
-    }
+    })
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -355,21 +366,22 @@ pub async fn run() -> anyhow::Result<()> {
                 futures::future::ready(())
             }));
         }
-        Camera::Topic { topic: source.clone(), frames: frames_rx, max_age: Duration::from_secs_f64(params.camera.max_age_sec.max(0.1)) }
+        Camera::Topic { topic: source.clone(), frames: frames_rx, max_age: clamped_seconds(params.camera.max_age_sec, 0.1, 86_400.0) }
     };
     let spinner = Spinner::start(node, Duration::from_millis(5));
 
     // The daemon: client, and the stream that keeps its state and the link.
-    let (daemon, handles) = Daemon::new(&params.daemon_url, Duration::from_secs_f64(params.request_timeout_sec.max(0.5)))?;
+    let (daemon, handles) = Daemon::new(&params.daemon_url, clamped_seconds(params.request_timeout_sec, 0.5, 3600.0))?;
     tokio::spawn(daemon::run_stream(
         daemon.base_url().to_string(),
         handles,
-        Duration::from_secs_f64(params.reconnect_sec.max(0.1)),
+        clamped_seconds(params.reconnect_sec, 0.1, 3600.0),
         Duration::from_secs(3),
     ));
 
     // Speech.
     let dir = data_dir(&params);
+    let data = DataDir::open(&dir).map_err(|e| anyhow::Error::new(ConfigurationError(format!("data_dir: {e}"))))?;
     let tts: Arc<dyn Tts> = match params.speech.engine.as_str() {
         "openai" => Arc::new(OpenAiTts {
             url: params.speech.url.clone(),
@@ -385,8 +397,9 @@ pub async fn run() -> anyhow::Result<()> {
             Arc::new(Espeak { voice: params.speech.voice.clone(), rate: params.speech.rate_wpm.clamp(80, 450) as u32 })
         }
     };
-    let sink = choose_sink(&params, &daemon, dir.clone()).await;
-    let speech = SpeechQueue::start(tts, sink, params.speech.queue_size as usize);
+    let sink = choose_sink(&params, &daemon, data.root()).await?;
+    let speech = SpeechQueue::start(tts, sink, clamped_size(params.speech.queue_size, 1, 10_000))
+        .with_max_chars(clamped_size(params.speech.max_chars, 1, 1_000_000));
     tracing::info!(output = %speech.sink_name(), "speech output");
     {
         let speech = speech.clone();
@@ -517,16 +530,19 @@ pub async fn run() -> anyhow::Result<()> {
         speech: speech.clone(),
         camera,
         vision,
-        data_dir: dir,
+        data_dir: data.clone(),
         emotions_dataset: params.emotions_dataset.clone(),
-        move_timeout_margin: params.move_timeout_margin_sec.max(0.5),
+        move_timeout_margin: clamped_seconds(params.move_timeout_margin_sec, 0.5, 600.0).as_secs_f64(),
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let port = u16::try_from(params.mcp_port).map_err(|_| anyhow::anyhow!("mcp_port {} is not a port", params.mcp_port))?;
-    let (addr, server) = tools::serve(ReachyTools::new(driver), &params.mcp_bind, port, &params.mcp_path, cancel.clone())
+    let guard = Guard::new(&params.mcp_access, &params.mcp_bind, data.root())
+        .map_err(|e| anyhow::Error::new(ConfigurationError(format!("{e} (./rosa setup creates it)"))))?;
+    let token = guard.requires_token();
+    let (addr, server) = tools::serve(ReachyTools::new(driver), &params.mcp_bind, port, &params.mcp_path, guard, cancel.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve MCP on {}:{}: {e}", params.mcp_bind, params.mcp_port))?;
-    tracing::info!(mcp = %format!("http://{addr}{}", params.mcp_path), daemon = %params.daemon_url, "reachy_driver ready");
+    tracing::info!(mcp = %format!("http://{addr}{}", params.mcp_path), token, daemon = %params.daemon_url, "reachy_driver ready");
 
     ros::shutdown_signal().await;
     tracing::info!("reachy_driver shutting down");
