@@ -6,10 +6,11 @@
 //! size (8-byte types to 8) counted from the end of the header; strings as a `uint32` length that
 //! includes the terminating NUL, the bytes and the NUL; `wstring`s as a `uint32` count of UTF-16
 //! code units, each written as 4 bytes; sequences as a `uint32` count and the elements; fixed
-//! arrays as their elements; an empty message as one zero byte. Types that rosidl_typesupport_fastrtps
-//! calls *plain* (fixed size, C layout = CDR layout) are padded to a multiple of 4 bytes, as rmw
-//! serialises them, so encoded bytes equal rclpy's `serialize_message` (padding bytes are zero
-//! here; Fast DDS leaves them uninitialised).
+//! arrays as their elements; an empty message as one zero byte; nothing after the last field. That
+//! is byte for byte what an rclpy publisher puts on the wire (padding bytes are zero here; Fast DDS
+//! leaves them uninitialised: see [`padding_mask`]). rclpy's `serialize_message` gives the same
+//! bytes followed by slack: rmw sizes its buffer by an estimate (plain types rounded up to 4
+//! bytes, alignment counted for empty sequences, a terminator for each wstring).
 //!
 //! The decoder takes little- and big-endian plain CDR, ignores trailing padding, and returns a
 //! clear error (with the field path and byte offset) for truncated or inconsistent data, never
@@ -42,13 +43,14 @@ pub enum CdrError {
 struct Writer<'a> {
     buf: &'a mut Vec<u8>,
     origin: usize,
+    pad: u8,
 }
 
 impl Writer<'_> {
     fn align(&mut self, n: usize) {
         let pos = self.buf.len() - self.origin;
         let pad = (n - pos % n) % n;
-        self.buf.resize(self.buf.len() + pad, 0);
+        self.buf.resize(self.buf.len() + pad, self.pad);
     }
     fn u32(&mut self, v: u32) {
         self.align(4);
@@ -77,15 +79,23 @@ pub fn encode(msg: &MessageValue) -> Result<Vec<u8>, CdrError> {
 
 /// Encode into `buf` (cleared first), so a caller can reuse one buffer.
 pub fn encode_into(msg: &MessageValue, buf: &mut Vec<u8>) -> Result<(), CdrError> {
+    encode_padded(msg, buf, 0)
+}
+
+fn encode_padded(msg: &MessageValue, buf: &mut Vec<u8>, pad: u8) -> Result<(), CdrError> {
     buf.clear();
     buf.extend_from_slice(&CDR_LE);
-    let mut w = Writer { buf, origin: 4 };
-    write_message(&mut w, msg, "")?;
-    if msg.ty.is_plain() {
-        let len = w.buf.len();
-        w.buf.resize(len.div_ceil(4) * 4, 0);
-    }
-    Ok(())
+    let mut w = Writer { buf, origin: 4, pad };
+    write_message(&mut w, msg, "")
+}
+
+/// Which bytes of `encode(msg)` are alignment padding (true) rather than data: Fast DDS leaves
+/// its padding uninitialised, so comparisons with its bytes skip these.
+pub fn padding_mask(msg: &MessageValue) -> Result<Vec<bool>, CdrError> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    encode_padded(msg, &mut a, 0x00)?;
+    encode_padded(msg, &mut b, 0xff)?;
+    Ok(a.iter().zip(&b).map(|(x, y)| x != y).collect())
 }
 
 fn write_message(w: &mut Writer, msg: &MessageValue, path: &str) -> Result<(), CdrError> {

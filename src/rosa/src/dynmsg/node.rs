@@ -71,6 +71,9 @@ impl DynNode {
         let thread = std::thread::Builder::new()
             .name("ros-spin".into())
             .spawn(move || {
+                // rcl_wait returns at once on an empty wait set: a timer keeps it from being empty,
+                // so a node without endpoints (yet) sleeps between spins instead of busy-looping.
+                let _keepalive = node.create_wall_timer(Duration::from_secs(3600));
                 while !flag.load(Ordering::Relaxed) {
                     while let Ok(cmd) = rx.try_recv() {
                         cmd(&mut node);
@@ -337,7 +340,16 @@ impl DynNode {
         let p = self.params(node_name).await?;
         let req = GetParameters::Request { names: names.to_vec() };
         let resp = typed_call(&p.get, &req, timeout, &format!("{node_name}/get_parameters")).await?;
-        Ok(names.iter().cloned().zip(resp.values.iter().map(parameter_to_json).chain(std::iter::repeat(None))).collect())
+        if resp.values.len() != names.len() {
+            // rclpy answers with no values at all when one of the names is not declared.
+            return Err(DynError::InvalidArgument(format!(
+                "{node_name} returned {} values for {} names (is each of {} declared?)",
+                resp.values.len(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        Ok(names.iter().cloned().zip(resp.values.iter().map(parameter_to_json)).collect())
     }
 
     /// Set parameters from JSON values; one result per parameter (the node's reason when refused).

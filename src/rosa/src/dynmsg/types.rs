@@ -12,7 +12,7 @@ use super::value::{MessageValue, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -249,7 +249,6 @@ pub struct MessageType {
     /// The message types the text names, as written (package added where it was left out),
     /// sorted: what rosbag2 appends after the text in its `ros2msg` form.
     pub dependencies: Vec<String>,
-    plain: OnceLock<bool>,
 }
 
 impl MessageType {
@@ -261,13 +260,6 @@ impl MessageType {
     pub fn default_value(self: &Arc<Self>) -> Value {
         let fields = self.fields.iter().map(field_default).collect();
         Value::Message(MessageValue { ty: self.clone(), fields })
-    }
-
-    /// rosidl_typesupport_fastrtps calls a fixed-size type whose C layout equals its CDR layout
-    /// "plain", and serialises it with its size rounded up to 4 bytes: the CDR encoder does the
-    /// same, so its bytes equal rclpy's.
-    pub fn is_plain(&self) -> bool {
-        *self.plain.get_or_init(|| fastrtps_max_size(self, 0).2)
     }
 
     /// Every message type this one uses, transitively, each once, depth first.
@@ -546,101 +538,6 @@ fn parse_value(ty: &FieldType, text: &str) -> Result<Value, String> {
     } else {
         Ok(Value::Array(values))
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// fastrtps "plain" types (see MessageType::is_plain)
-// ---------------------------------------------------------------------------------------------
-
-fn cdr_align(pos: usize, size: usize) -> usize {
-    (size - (pos % size)) & (size - 1)
-}
-
-/// (size, alignment, offset of the last member) of the C struct rosidl_generator_c makes.
-fn c_layout(t: &MessageType) -> (usize, usize, usize) {
-    if t.fields.is_empty() {
-        return (1, 1, 0); // uint8 structure_needs_at_least_one_member
-    }
-    let (mut pos, mut max_align, mut last) = (0usize, 1usize, 0usize);
-    for f in &t.fields {
-        let n = match f.ty.array {
-            ArrayKind::Single => 1,
-            ArrayKind::Fixed(n) => n,
-            ArrayKind::Bounded(_) | ArrayKind::Unbounded => 0,
-        };
-        let (size, align) = if n == 0 {
-            (24, 8) // rosidl_runtime_c__*__Sequence { data, size, capacity }
-        } else {
-            let (s, a) = match &f.ty.base {
-                BaseType::Primitive(p) => (p.size(), p.size()),
-                BaseType::String { .. } | BaseType::WString { .. } => (24, 8),
-                BaseType::Message(m) => {
-                    let (s, a, _) = c_layout(m);
-                    (s, a)
-                }
-            };
-            (s.saturating_mul(n), a)
-        };
-        pos = pos.div_ceil(align) * align;
-        last = pos;
-        pos = pos.saturating_add(size);
-        max_align = max_align.max(align);
-    }
-    (pos.div_ceil(max_align) * max_align, max_align, last)
-}
-
-/// rosidl_typesupport_fastrtps_c's `max_serialized_size`: (size, full_bounded, is_plain).
-fn fastrtps_max_size(t: &MessageType, initial: usize) -> (usize, bool, bool) {
-    if t.fields.is_empty() {
-        return (1, true, true);
-    }
-    let mut cur = initial;
-    let (mut full_bounded, mut is_plain, mut last_member_size) = (true, true, 0usize);
-    for f in &t.fields {
-        let array_size = match f.ty.array {
-            ArrayKind::Single => 1,
-            ArrayKind::Fixed(n) | ArrayKind::Bounded(n) => n,
-            ArrayKind::Unbounded => {
-                full_bounded = false;
-                0
-            }
-        };
-        if matches!(f.ty.array, ArrayKind::Bounded(_) | ArrayKind::Unbounded) {
-            is_plain = false;
-            cur += 4 + cdr_align(cur, 4);
-        }
-        match &f.ty.base {
-            BaseType::String { .. } | BaseType::WString { .. } => {
-                full_bounded = false;
-                is_plain = false;
-                cur += 4 + cdr_align(cur, 4) + 1; // the size of a non-plain type does not matter here
-            }
-            BaseType::Primitive(p) => {
-                let s = p.size();
-                last_member_size = array_size.saturating_mul(s);
-                cur += last_member_size + if s > 1 { cdr_align(cur, s) } else { 0 };
-            }
-            BaseType::Message(m) => {
-                last_member_size = 0;
-                for _ in 0..array_size {
-                    let (inner, fb, ip) = fastrtps_max_size(m, cur);
-                    last_member_size += inner;
-                    cur += inner;
-                    full_bounded &= fb;
-                    is_plain &= ip;
-                    if !is_plain {
-                        break; // the size no longer matters
-                    }
-                }
-            }
-        }
-    }
-    let ret = cur - initial;
-    if is_plain {
-        let (_, _, last_offset) = c_layout(t);
-        is_plain = last_offset + last_member_size == ret;
-    }
-    (ret, full_bounded, is_plain)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -930,7 +827,6 @@ impl Registry {
             constants,
             text: text.to_string(),
             dependencies: deps.into_iter().collect(),
-            plain: OnceLock::new(),
         }))
     }
 
@@ -1146,20 +1042,6 @@ mod tests {
         assert_eq!(r.message("p/T").unwrap().fields[0].name, "new");
         assert_eq!(r.package_prefix("p"), Some(over.as_path()));
         assert_eq!(r.installed(), ["p/msg/T"]);
-    }
-
-    #[test]
-    fn plain_types_as_fastrtps_sees_them() {
-        let dir = tempdir();
-        write(&dir, "share/p/msg/Plain.msg", "float64 a\nuint8 b\n"); // C: 16 bytes, CDR 9: last member at 8 + 1 = 9: plain
-        write(&dir, "share/p/msg/Outer.msg", "p/Plain[2] x\n"); // C arrays of 16-byte structs, CDR 9 + pad: not plain
-        write(&dir, "share/p/msg/S.msg", "string s\n");
-        write(&dir, "share/p/msg/E.msg", "");
-        let r = Registry::with_prefixes(vec![dir.clone()]);
-        assert!(r.message("p/Plain").unwrap().is_plain());
-        assert!(!r.message("p/Outer").unwrap().is_plain());
-        assert!(!r.message("p/S").unwrap().is_plain());
-        assert!(r.message("p/E").unwrap().is_plain());
     }
 
     pub(crate) fn tempdir() -> PathBuf {
