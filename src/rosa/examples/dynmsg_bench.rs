@@ -104,11 +104,32 @@ async fn loopback(dn: &DynNode, seconds: f64, payload: usize) {
     let secs = burst.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({"bench": format!("ROS loopback {payload} B (publish_cdr -> subscribe_raw, one node)"),
+        json!({"bench": format!("ROS loopback {payload} B (publish_cdr -> subscribe_raw, one node, so Fast DDS delivers within the process)"),
                "latency_ms_p50": percentile(&lat, 0.5), "latency_ms_p95": percentile(&lat, 0.95), "samples": lat.len(),
                "sent": sent, "received": got, "msgs_per_s": got as f64 / secs, "mb_per_s": got as f64 * data.len() as f64 / secs / 1e6,
                "dropped_by_layer": sub.dropped()})
     );
+}
+
+async fn service_round_trip(dn: &DynNode, seconds: f64) {
+    let mut service = dn.advertise_service("/rosa_bench/trigger", "std_srvs/srv/SetBool", 100).await.unwrap();
+    let server = tokio::spawn(async move {
+        while let Some(req) = service.recv().await {
+            let _ = req.respond_json(&json!({"success": true, "message": "ok"}));
+        }
+    });
+    let client = dn.client("/rosa_bench/trigger", "std_srvs/srv/SetBool").await.unwrap();
+    client.wait_for_service(Duration::from_secs(10)).await.unwrap();
+    let mut lat = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        let t = Instant::now();
+        client.call_json(&json!({"data": true}), Duration::from_secs(2)).await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(f64::total_cmp);
+    println!("{}", json!({"bench": "service call_json -> DynService respond_json (one node)", "latency_ms_p50": percentile(&lat, 0.5), "latency_ms_p95": percentile(&lat, 0.95), "calls": lat.len()}));
+    server.abort();
 }
 
 fn main() {
@@ -129,6 +150,7 @@ fn main() {
         for payload in [64, 1 << 20] {
             loopback(&dn, seconds, payload).await;
         }
+        service_round_trip(&dn, seconds / 2.0).await;
         dn.stop();
     });
 }

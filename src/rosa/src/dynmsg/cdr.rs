@@ -17,7 +17,7 @@
 //! panicking and never allocating more than the data could hold.
 
 use super::types::{ArrayKind, BaseType, FieldType, MessageType, Primitive};
-use super::value::{MessageValue, Value};
+use super::value::{MessageValue, Path, Value};
 use std::sync::Arc;
 
 /// The encapsulation header rosa writes: CDR, little-endian.
@@ -58,16 +58,8 @@ impl Writer<'_> {
     }
 }
 
-fn enc_err(path: &str, message: impl Into<String>) -> CdrError {
-    CdrError::Encode { path: if path.is_empty() { "(message)".into() } else { path.to_string() }, message: message.into() }
-}
-
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
-    }
+fn enc_err(path: &Path, message: impl Into<String>) -> CdrError {
+    CdrError::Encode { path: path.name(), message: message.into() }
 }
 
 /// Encode a message into CDR (header included).
@@ -86,7 +78,7 @@ fn encode_padded(msg: &MessageValue, buf: &mut Vec<u8>, pad: u8) -> Result<(), C
     buf.clear();
     buf.extend_from_slice(&CDR_LE);
     let mut w = Writer { buf, origin: 4, pad };
-    write_message(&mut w, msg, "")
+    write_message(&mut w, msg, &Path::Root)
 }
 
 /// Which bytes of `encode(msg)` are alignment padding (true) rather than data: Fast DDS leaves
@@ -98,7 +90,7 @@ pub fn padding_mask(msg: &MessageValue) -> Result<Vec<bool>, CdrError> {
     Ok(a.iter().zip(&b).map(|(x, y)| x != y).collect())
 }
 
-fn write_message(w: &mut Writer, msg: &MessageValue, path: &str) -> Result<(), CdrError> {
+fn write_message(w: &mut Writer, msg: &MessageValue, path: &Path) -> Result<(), CdrError> {
     if msg.ty.fields.is_empty() {
         w.buf.push(0);
         return Ok(());
@@ -107,12 +99,12 @@ fn write_message(w: &mut Writer, msg: &MessageValue, path: &str) -> Result<(), C
         return Err(enc_err(path, format!("{} values for the {} fields of {}", msg.fields.len(), msg.ty.fields.len(), msg.ty.name)));
     }
     for (f, v) in msg.ty.fields.iter().zip(&msg.fields) {
-        write_field(w, &f.ty, v, &join(path, &f.name))?;
+        write_field(w, &f.ty, v, &Path::Field(path, &f.name))?;
     }
     Ok(())
 }
 
-fn write_field(w: &mut Writer, ty: &FieldType, v: &Value, path: &str) -> Result<(), CdrError> {
+fn write_field(w: &mut Writer, ty: &FieldType, v: &Value, path: &Path) -> Result<(), CdrError> {
     match ty.array {
         ArrayKind::Single => write_single(w, &ty.base, v, path),
         kind => {
@@ -137,7 +129,7 @@ fn write_field(w: &mut Writer, ty: &FieldType, v: &Value, path: &str) -> Result<
                 },
                 Value::Array(a) => {
                     for (i, e) in a.iter().enumerate() {
-                        write_single(w, &ty.base, e, &format!("{path}[{i}]"))?;
+                        write_single(w, &ty.base, e, &Path::Index(path, i))?;
                     }
                     Ok(())
                 }
@@ -147,7 +139,7 @@ fn write_field(w: &mut Writer, ty: &FieldType, v: &Value, path: &str) -> Result<
     }
 }
 
-fn write_single(w: &mut Writer, base: &BaseType, v: &Value, path: &str) -> Result<(), CdrError> {
+fn write_single(w: &mut Writer, base: &BaseType, v: &Value, path: &Path) -> Result<(), CdrError> {
     macro_rules! prim {
         ($x:expr, $n:expr) => {{
             w.align($n);
@@ -247,20 +239,20 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn truncated(&self, path: &str) -> CdrError {
-        CdrError::Truncated { path: if path.is_empty() { "(message)".into() } else { path.into() }, len: self.data.len() }
+    fn truncated(&self, path: &Path) -> CdrError {
+        CdrError::Truncated { path: path.name(), len: self.data.len() }
     }
     fn align(&mut self, n: usize) {
         let rel = self.pos - self.origin;
         self.pos += (n - rel % n) % n;
     }
-    fn take(&mut self, n: usize, path: &str) -> Result<&'a [u8], CdrError> {
+    fn take(&mut self, n: usize, path: &Path) -> Result<&'a [u8], CdrError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.data.len()).ok_or_else(|| self.truncated(path))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
     }
-    fn array<const N: usize>(&mut self, path: &str) -> Result<[u8; N], CdrError> {
+    fn array<const N: usize>(&mut self, path: &Path) -> Result<[u8; N], CdrError> {
         self.align(N);
         let s = self.take(N, path)?;
         let mut a = [0u8; N];
@@ -270,7 +262,7 @@ impl<'a> Reader<'a> {
         }
         Ok(a)
     }
-    fn u32(&mut self, path: &str) -> Result<u32, CdrError> {
+    fn u32(&mut self, path: &Path) -> Result<u32, CdrError> {
         Ok(u32::from_le_bytes(self.array::<4>(path)?))
     }
     fn remaining(&self) -> usize {
@@ -289,17 +281,17 @@ pub fn decode(ty: &Arc<MessageType>, data: &[u8]) -> Result<MessageValue, CdrErr
         (a, b) => return Err(CdrError::Encapsulation(a, b)),
     };
     let mut r = Reader { data, pos: 4, origin: 4, le };
-    read_message(&mut r, ty, "")
+    read_message(&mut r, ty, &Path::Root)
 }
 
-fn read_message(r: &mut Reader, ty: &Arc<MessageType>, path: &str) -> Result<MessageValue, CdrError> {
+fn read_message(r: &mut Reader, ty: &Arc<MessageType>, path: &Path) -> Result<MessageValue, CdrError> {
     if ty.fields.is_empty() {
         r.take(1, path)?;
         return Ok(MessageValue { ty: ty.clone(), fields: Vec::new() });
     }
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
-        fields.push(read_field(r, &f.ty, &join(path, &f.name))?);
+        fields.push(read_field(r, &f.ty, &Path::Field(path, &f.name))?);
     }
     Ok(MessageValue { ty: ty.clone(), fields })
 }
@@ -312,7 +304,7 @@ fn min_wire_size(base: &BaseType) -> usize {
     }
 }
 
-fn read_field(r: &mut Reader, ty: &FieldType, path: &str) -> Result<Value, CdrError> {
+fn read_field(r: &mut Reader, ty: &FieldType, path: &Path) -> Result<Value, CdrError> {
     let n = match ty.array {
         ArrayKind::Single => return read_single(r, &ty.base, path),
         ArrayKind::Fixed(n) => n,
@@ -321,7 +313,7 @@ fn read_field(r: &mut Reader, ty: &FieldType, path: &str) -> Result<Value, CdrEr
             let n = r.u32(path)? as usize;
             if let ArrayKind::Bounded(b) = ty.array {
                 if n > b {
-                    return Err(CdrError::Invalid { path: path.into(), offset: at, message: format!("{n} elements for an array of at most {b}") });
+                    return Err(CdrError::Invalid { path: path.name(), offset: at, message: format!("{n} elements for an array of at most {b}") });
                 }
             }
             n
@@ -335,12 +327,12 @@ fn read_field(r: &mut Reader, ty: &FieldType, path: &str) -> Result<Value, CdrEr
     }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        out.push(read_single(r, &ty.base, &format!("{path}[{i}]"))?);
+        out.push(read_single(r, &ty.base, &Path::Index(path, i))?);
     }
     Ok(Value::Array(out))
 }
 
-fn read_single(r: &mut Reader, base: &BaseType, path: &str) -> Result<Value, CdrError> {
+fn read_single(r: &mut Reader, base: &BaseType, path: &Path) -> Result<Value, CdrError> {
     Ok(match base {
         BaseType::Primitive(p) => match p {
             Primitive::Bool => Value::Bool(r.take(1, path)?[0] != 0),

@@ -13,7 +13,7 @@
 //!   bounded string or array over its bound.
 
 use super::types::{field_default, ArrayKind, BaseType, FieldType, MessageType, Primitive};
-use super::value::{MessageValue, Value};
+use super::value::{MessageValue, Path, Value};
 use base64::Engine;
 use serde_json::{Map, Number, Value as Json};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ pub struct JsonError {
     pub message: String,
 }
 
-fn err(path: &str, message: impl Into<String>) -> JsonError {
-    JsonError { path: if path.is_empty() { "(message)".into() } else { path.to_string() }, message: message.into() }
+fn err(path: &Path, message: impl Into<String>) -> JsonError {
+    JsonError { path: path.name(), message: message.into() }
 }
 
 /// A value as JSON.
@@ -62,15 +62,7 @@ pub fn message_to_json(m: &MessageValue) -> Json {
 
 /// A message of type `ty` from JSON (an object; fields left out get their defaults).
 pub fn from_json(ty: &Arc<MessageType>, j: &Json) -> Result<MessageValue, JsonError> {
-    message_from_json(ty, j, "")
-}
-
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
-    }
+    message_from_json(ty, j, &Path::Root)
 }
 
 fn json_kind(j: &Json) -> &'static str {
@@ -84,7 +76,7 @@ fn json_kind(j: &Json) -> &'static str {
     }
 }
 
-fn message_from_json(ty: &Arc<MessageType>, j: &Json, path: &str) -> Result<MessageValue, JsonError> {
+fn message_from_json(ty: &Arc<MessageType>, j: &Json, path: &Path) -> Result<MessageValue, JsonError> {
     if ty.name.package == "builtin_interfaces" && ty.name.name == "Time" && j.as_str() == Some("now") {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let sec = i32::try_from(now.as_secs()).unwrap_or(i32::MAX);
@@ -99,14 +91,14 @@ fn message_from_json(ty: &Arc<MessageType>, j: &Json, path: &str) -> Result<Mess
         if ty.field(key).is_none() {
             let names: Vec<&str> = ty.fields.iter().map(|f| f.name.as_str()).collect();
             return Err(err(
-                &join(path, key),
+                &Path::Field(path, key),
                 format!("{} has no field '{key}' (its fields: {})", ty.name, if names.is_empty() { "none".into() } else { names.join(", ") }),
             ));
         }
     }
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
-        let p = join(path, &f.name);
+        let p = Path::Field(path, &f.name);
         fields.push(match obj.get(&f.name) {
             None | Some(Json::Null) => field_default(f),
             Some(v) => field_from_json(&f.ty, v, &p)?,
@@ -115,7 +107,7 @@ fn message_from_json(ty: &Arc<MessageType>, j: &Json, path: &str) -> Result<Mess
     Ok(MessageValue { ty: ty.clone(), fields })
 }
 
-fn check_len(kind: ArrayKind, len: usize, path: &str) -> Result<(), JsonError> {
+fn check_len(kind: ArrayKind, len: usize, path: &Path) -> Result<(), JsonError> {
     match kind {
         ArrayKind::Fixed(n) if len != n => Err(err(path, format!("{len} elements for an array of exactly {n}"))),
         ArrayKind::Bounded(n) if len > n => Err(err(path, format!("{len} elements for an array of at most {n}"))),
@@ -123,7 +115,7 @@ fn check_len(kind: ArrayKind, len: usize, path: &str) -> Result<(), JsonError> {
     }
 }
 
-fn field_from_json(ty: &FieldType, j: &Json, path: &str) -> Result<Value, JsonError> {
+fn field_from_json(ty: &FieldType, j: &Json, path: &Path) -> Result<Value, JsonError> {
     if !ty.is_array() {
         return single_from_json(&ty.base, j, path);
     }
@@ -135,7 +127,7 @@ fn field_from_json(ty: &FieldType, j: &Json, path: &str) -> Result<Value, JsonEr
             Json::Array(a) => a
                 .iter()
                 .enumerate()
-                .map(|(i, x)| match single_from_json(&ty.base, x, &format!("{path}[{i}]"))? {
+                .map(|(i, x)| match single_from_json(&ty.base, x, &Path::Index(path, i))? {
                     Value::Uint8(b) => Ok(b),
                     _ => Err(err(path, "expected numbers 0..255")),
                 })
@@ -150,12 +142,12 @@ fn field_from_json(ty: &FieldType, j: &Json, path: &str) -> Result<Value, JsonEr
     let items = a
         .iter()
         .enumerate()
-        .map(|(i, x)| single_from_json(&ty.base, x, &format!("{path}[{i}]")))
+        .map(|(i, x)| single_from_json(&ty.base, x, &Path::Index(path, i)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Value::Array(items))
 }
 
-fn int_from_json(p: Primitive, j: &Json, path: &str) -> Result<i128, JsonError> {
+fn int_from_json(p: Primitive, j: &Json, path: &Path) -> Result<i128, JsonError> {
     let bad = || err(path, format!("expected an integer ({}), got {j}", p.name()));
     let v: i128 = match j {
         Json::Number(n) => {
@@ -179,7 +171,7 @@ fn int_from_json(p: Primitive, j: &Json, path: &str) -> Result<i128, JsonError> 
     Ok(v)
 }
 
-fn float_from_json(j: &Json, path: &str, name: &str) -> Result<f64, JsonError> {
+fn float_from_json(j: &Json, path: &Path, name: &str) -> Result<f64, JsonError> {
     match j {
         Json::Number(n) => n.as_f64().ok_or_else(|| err(path, format!("expected a number ({name})"))),
         Json::String(s) => match s.trim().to_ascii_lowercase().as_str() {
@@ -192,7 +184,7 @@ fn float_from_json(j: &Json, path: &str, name: &str) -> Result<f64, JsonError> {
     }
 }
 
-fn single_from_json(base: &BaseType, j: &Json, path: &str) -> Result<Value, JsonError> {
+fn single_from_json(base: &BaseType, j: &Json, path: &Path) -> Result<Value, JsonError> {
     match base {
         BaseType::Primitive(p) => {
             let p = *p;

@@ -223,7 +223,7 @@ impl DynNode {
         let client = self
             .with_node(move |node| unsafe { node.create_client_serialized(&name, &ts, QosProfile::services_default()) })
             .await??;
-        let c = DynClient { service: service.to_string(), ty, client };
+        let c = DynClient { service: service.to_string(), ty, client, seen_server: Arc::new(AtomicBool::new(false)) };
         Ok(self.inner.clients.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(c).clone())
     }
 
@@ -578,6 +578,8 @@ pub struct DynClient {
     service: String,
     ty: Arc<ServiceType>,
     client: ClientSerialized,
+    /// A server was seen: later calls do not wait for the graph check (a spin period).
+    seen_server: Arc<AtomicBool>,
 }
 
 impl DynClient {
@@ -589,7 +591,10 @@ impl DynClient {
     pub async fn wait_for_service(&self, timeout: Duration) -> Result<(), DynError> {
         let fut = r2r::Node::is_available(&self.client)?;
         match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.seen_server.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(DynError::NotAvailable(format!("service {} has no server (waited {timeout:?})", self.service))),
         }
@@ -598,7 +603,11 @@ impl DynClient {
     /// Call with a CDR request; the CDR response. `timeout` covers waiting for the server too.
     pub async fn call_cdr(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, DynError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.wait_for_service(timeout).await?;
+        // Once a server has been seen, a request goes out at once (if that server is gone, the
+        // call times out as it would have anyway).
+        if !self.seen_server.load(Ordering::Relaxed) {
+            self.wait_for_service(timeout).await?;
+        }
         let fut = self.client.request(request)?;
         match tokio::time::timeout_at(deadline, fut).await {
             Ok(r) => Ok(r?),
@@ -739,6 +748,9 @@ struct GoalRoute {
 }
 
 type Goals = Arc<Mutex<HashMap<[u8; 16], GoalRoute>>>;
+
+/// "As long as it takes" (ten years) for a goal's result.
+const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 fn goal_id_of(v: Option<&Value>) -> Option<[u8; 16]> {
     match v?.as_message()?.get("uuid")? {
@@ -903,7 +915,7 @@ impl DynActionClient {
         let goals = self.inner.goals.clone();
         tokio::spawn(async move {
             // No timeout: a goal may run for as long as it needs; dropping the client ends this.
-            let r = get_result.call(&gr_request, Duration::from_secs(u32::MAX.into())).await.map(|resp| {
+            let r = get_result.call(&gr_request, NO_TIMEOUT).await.map(|resp| {
                 let code = match resp.get("status") {
                     Some(Value::Int8(c)) => *c,
                     _ => 0,

@@ -175,3 +175,40 @@ fn split_indexes(part: &str) -> Option<(&str, Vec<usize>)> {
     }
     Some((name, idx))
 }
+
+/// A field path, built on the stack as the codecs descend and only written out for an error.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    /// `pose.position.x`, `poses[3]`; `(message)` for the message itself.
+    pub(crate) fn name(&self) -> String {
+        fn write(p: &Path, out: &mut String) {
+            match p {
+                Path::Root => {}
+                Path::Field(parent, n) => {
+                    write(parent, out);
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(n);
+                }
+                Path::Index(parent, i) => {
+                    write(parent, out);
+                    out.push_str(&format!("[{i}]"));
+                }
+            }
+        }
+        let mut s = String::new();
+        write(self, &mut s);
+        if s.is_empty() {
+            "(message)".into()
+        } else {
+            s
+        }
+    }
+}
