@@ -103,6 +103,13 @@ impl ProcessTable {
         Self { max_processes, keep_ended, rows: Vec::new() }
     }
 
+    /// New limits (parameters set at run time): running processes are kept; ended rows beyond
+    /// `keep_ended` go when the next process ends.
+    pub fn set_limits(&mut self, max_processes: usize, keep_ended: usize) {
+        self.max_processes = max_processes;
+        self.keep_ended = keep_ended;
+    }
+
     pub fn live_count(&self) -> usize {
         self.rows.iter().filter(|r| r.state.is_live()).count()
     }

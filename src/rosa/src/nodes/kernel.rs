@@ -2,8 +2,8 @@
 
 use crate::agent::{Agent, Memory};
 use crate::config::{self, LlmConfig};
-use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
-use crate::llm::OpenAiChat;
+use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, Limits, ProcessControl, ProcessRow, Source};
+use crate::llm::{ChatModel, Completion, LlmError, Message, OpenAiChat, ToolSpec};
 use crate::process::worker_id_for_goal;
 use crate::robots::{self, Registry, Robot};
 use crate::ros::{self, Spinner};
@@ -19,24 +19,85 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Parameters of the kernel node (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct KernelParams {
+    /// The kernel's LLM providers.
     pub llm: LlmConfig,
     /// Robots registry (YAML or drivers.json); relative paths are looked up in share/rosa/config.
     pub robots_file: String,
     /// Kernel prompt template; `{robots}` is replaced by the reachable robots.
     pub prompt_file: String,
     /// Events waiting beyond this are refused (and the refusal is published on /rosa/updates).
+    #[schemars(range(min = 1, max = 100000))]
     pub queue_size: u64,
     /// Conversation memory budget, in (estimated) tokens.
+    #[schemars(range(min = 100, max = 10000000))]
     pub memory_tokens: u64,
     /// LLM calls per event at most.
+    #[schemars(range(min = 1, max = 1000))]
     pub max_steps: u32,
     /// How often robot reachability is re-checked, seconds.
+    #[schemars(range(min = 0.5, max = 86400.0))]
     pub reachability_period_sec: f64,
     /// How long to wait for the process manager to accept or answer, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub process_manager_timeout_sec: f64,
+}
+
+impl crate::params::NodeParams for KernelParams {
+    // The queue, the prompt and the registry are set up once; queue_size is the bound of the
+    // queue's channel.
+    const DYNAMIC: &'static [&'static str] =
+        &["llm.", "memory_tokens", "max_steps", "reachability_period_sec", "process_manager_timeout_sec"];
+
+    fn check(&self) -> Result<(), String> {
+        check_llm("llm", &self.llm)
+    }
+}
+
+/// `llm.*` must name at least one provider.
+pub fn check_llm(prefix: &str, llm: &LlmConfig) -> Result<(), String> {
+    if llm.providers().is_empty() {
+        return Err(format!("{prefix}.urls names no provider (give at least one OpenAI-compatible base URL)"));
+    }
+    Ok(())
+}
+
+/// The LLM client, replaced when `llm.*` is set: the event in progress finishes with the client it
+/// started with, the next one uses the new providers.
+struct Providers(std::sync::RwLock<Arc<OpenAiChat>>);
+
+impl Providers {
+    fn current(&self) -> Arc<OpenAiChat> {
+        match self.0.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, model: OpenAiChat) {
+        let model = Arc::new(model);
+        match self.0.write() {
+            Ok(mut m) => *m = model.clone(),
+            Err(p) => *p.into_inner() = model.clone(),
+        }
+        tokio::spawn(probe(model));
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for Providers {
+    async fn complete(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<Completion, LlmError> {
+        self.current().complete(messages, tools).await
+    }
+}
+
+async fn probe(model: Arc<OpenAiChat>) {
+    match model.probe().await {
+        Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
+        None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+    }
 }
 
 impl Default for KernelParams {
@@ -86,21 +147,26 @@ struct RosProcesses {
     list: Client<ListProcesses::Service>,
     terminate: Client<TerminateProcess::Service>,
     server_seen: Arc<AtomicBool>,
-    timeout: Duration,
+    params: watch::Receiver<KernelParams>,
 }
 
 impl RosProcesses {
+    /// `process_manager_timeout_sec` now (its range keeps it a valid duration).
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.params.borrow().process_manager_timeout_sec.clamp(0.1, 3600.0))
+    }
+
     async fn wait_for_server(&self) -> Result<(), String> {
         if self.server_seen.load(Ordering::Relaxed) {
             return Ok(());
         }
         let fut = Node::is_available(&self.launch).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.timeout(), fut).await {
             Ok(Ok(())) => {
                 self.server_seen.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout.as_secs_f64())),
+            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout().as_secs_f64())),
         }
     }
 
@@ -109,10 +175,10 @@ impl RosProcesses {
         F: std::future::Future<Output = Result<S, r2r::Error>>,
     {
         let fut = fut.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.timeout(), fut).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
         }
     }
 }
@@ -123,9 +189,9 @@ impl ProcessControl for RosProcesses {
         self.wait_for_server().await?;
         let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
         let sent = self.launch.send_goal_request(goal).map_err(|e| e.to_string())?;
-        let accepted = match tokio::time::timeout(self.timeout, sent).await {
+        let accepted = match tokio::time::timeout(self.timeout(), sent).await {
             Ok(r) => r,
-            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
         };
         match accepted {
             Ok((handle, result, mut feedback)) => {
@@ -182,9 +248,10 @@ impl ProcessControl for RosProcesses {
     }
 }
 
-/// Keep the reachable robots in `tx`, re-checking every `period`.
-async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Duration) {
+/// Keep the reachable robots in `tx`, re-checking every `reachability_period_sec`.
+async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, mut params: watch::Receiver<KernelParams>) {
     loop {
+        let period = Duration::from_secs_f64(params.borrow_and_update().reachability_period_sec.clamp(0.5, 86400.0));
         let mut up = Vec::new();
         for r in &all {
             if robots::reachable(&r.url, Duration::from_millis(500)).await {
@@ -197,7 +264,10 @@ async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Du
             tracing::info!(reachable = ?names, unreachable = ?down, "robots");
             tx.send_replace(up);
         }
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
+            _ = params.changed() => {},
+        }
     }
 }
 
@@ -210,7 +280,9 @@ fn refuse(updates: &Publisher<Update>, event: &Event, why: &str) {
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
-    let params: KernelParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<KernelParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let template_path = config::resolve_config_path(&params.prompt_file);
     let template = config::read_text(&template_path)?;
@@ -234,27 +306,39 @@ pub async fn run() -> anyhow::Result<()> {
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
         terminate: node.create_client::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?,
         server_seen: Arc::new(AtomicBool::new(false)),
-        timeout: Duration::from_secs_f64(params.process_manager_timeout_sec.max(0.1)),
+        params: declared.watch(),
     };
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
-    let model = Arc::new(OpenAiChat::new(&params.llm)?);
+    let first = Arc::new(OpenAiChat::new(&params.llm)?);
+    tokio::spawn(probe(first.clone()));
+    let model = Arc::new(Providers(std::sync::RwLock::new(first)));
+    let limits = |p: &KernelParams| Limits { max_steps: p.max_steps, memory_tokens: p.memory_tokens as usize };
+    let (limits_tx, limits_rx) = watch::channel(limits(&params));
     {
-        let model = model.clone();
-        tokio::spawn(async move {
-            match model.probe().await {
-                Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
-                None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+        let (model, llm) = (model.clone(), std::sync::Mutex::new(params.llm.clone()));
+        declared.on_change(move |p| {
+            limits_tx.send_if_modified(|l| {
+                let new = limits(p);
+                let changed = *l != new;
+                *l = new;
+                changed
+            });
+            let Ok(mut llm) = llm.lock() else { return };
+            if serde_json::to_value(&*llm).ok() != serde_json::to_value(&p.llm).ok() {
+                match OpenAiChat::new(&p.llm) {
+                    Ok(m) => {
+                        model.replace(m);
+                        *llm = p.llm.clone();
+                    }
+                    Err(e) => tracing::error!("the new llm.* parameters cannot be used, keeping the previous providers: {e}"),
+                }
             }
         });
     }
 
     let (robots_tx, robots_rx) = watch::channel(Vec::new());
-    tokio::spawn(watch_robots(
-        registry.robots.clone(),
-        robots_tx,
-        Duration::from_secs_f64(params.reachability_period_sec.max(0.5)),
-    ));
+    tokio::spawn(watch_robots(registry.robots.clone(), robots_tx, declared.watch()));
 
     let (queue, rx) = EventQueue::new(params.queue_size as usize);
     let forward = |stream: futures::stream::BoxStream<'static, Event>| {
@@ -297,7 +381,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
     let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
-    let kernel = Kernel::new(agent, tools, template);
+    let kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
     let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
     tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), "kernel ready");
 

@@ -15,33 +15,48 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Parameters of the process manager (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ProcessManagerParams {
     /// Handed to every worker.
     pub llm: LlmConfig,
+    /// The robots registry (YAML or drivers.json); relative paths are looked up in share/rosa/config.
     pub robots_file: String,
     /// Rules every worker gets at the top of its system prompt.
     pub worker_prompt_file: String,
-    /// Concurrent workers at most; goals beyond are rejected.
+    /// Concurrent workers at most; goals beyond are rejected (lowering it stops no running worker).
+    #[schemars(range(min = 0, max = 256))]
     pub max_processes: u64,
     /// Default per-process timeout, seconds (a goal's timeout_sec overrides it).
+    #[schemars(range(min = 0.1, max = 86400.0))]
     pub timeout_sec: f64,
     /// Default LLM calls per worker (a goal's max_steps overrides it).
+    #[schemars(range(min = 1, max = 1000))]
     pub max_steps: u32,
     /// SIGTERM → SIGKILL grace period, seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub grace_sec: f64,
     /// Ended processes kept in the table.
+    #[schemars(range(min = 0, max = 10000))]
     pub keep_ended: u64,
     /// Per tool call timeout in workers, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub tool_timeout_sec: f64,
     /// The worker executable ("" = `worker` next to this executable).
     pub worker_executable: String,
     /// Workers kept started and waiting for a task (0 = start each on demand).
+    #[schemars(range(min = 0, max = 16))]
     pub warm_workers: u64,
+}
+
+impl crate::params::NodeParams for ProcessManagerParams {
+    // Every goal reads these when it starts; the registry, the worker rules and the executable are
+    // loaded once.
+    const DYNAMIC: &'static [&'static str] =
+        &["llm.", "max_processes", "timeout_sec", "max_steps", "grace_sec", "keep_ended", "tool_timeout_sec", "warm_workers"];
 }
 
 impl Default for ProcessManagerParams {
@@ -76,7 +91,8 @@ struct Ctx {
     table_pub: Publisher<ProcessTableMsg>,
     callback_pub: Publisher<WorkerCallback>,
     update_pub: Publisher<Update>,
-    params: Arc<ProcessManagerParams>,
+    /// The parameters now (set at run time: each goal takes them when it starts).
+    params: watch::Receiver<ProcessManagerParams>,
     registry: Arc<Registry>,
     rules: Arc<String>,
     worker_exe: Arc<PathBuf>,
@@ -182,6 +198,19 @@ impl Ctx {
         });
     }
 
+    /// Parameters set at run time: the table's limits now, the pool's size soon.
+    fn apply_params(&self, p: &ProcessManagerParams) {
+        self.shared.lock().expect("table lock").table.set_limits(p.max_processes as usize, p.keep_ended as usize);
+        self.publish_table();
+        let extra: Vec<_> = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            let keep = (p.warm_workers as usize).min(pool.len());
+            pool.drain(keep..).collect()
+        };
+        drop(extra); // their stdin closes: they exit (and are killed on drop)
+        self.refill_pool();
+    }
+
     /// A warm worker from the pool, if one is alive; the pool is refilled behind.
     fn take_warm(&self) -> Option<process::IdleWorker> {
         let warm = loop {
@@ -205,7 +234,8 @@ impl Ctx {
         let ctx = self.clone();
         tokio::spawn(async move {
             loop {
-                if ctx.pool.lock().expect("pool lock").len() >= ctx.params.warm_workers as usize {
+                let want = ctx.params.borrow().warm_workers as usize;
+                if ctx.pool.lock().expect("pool lock").len() >= want {
                     return;
                 }
                 match process::spawn_idle(&ctx.worker_exe, &[]) {
@@ -220,14 +250,15 @@ impl Ctx {
     }
 
     fn spec(&self, worker_id: &str, goal: &LaunchProcess::Goal) -> WorkerSpec {
+        let p = self.params.borrow().clone();
         let robots: Vec<_> = goal.robots.iter().filter_map(|n| self.registry.get(n)).collect();
         WorkerSpec {
             worker_id: worker_id.into(),
             system_prompt: compose_system_prompt(&self.rules, &robots, &goal.system_prompt),
             robots: robots.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
-            max_steps: if goal.max_steps > 0 { goal.max_steps } else { self.params.max_steps },
-            tool_timeout_sec: self.params.tool_timeout_sec,
-            llm: self.params.llm.clone(),
+            max_steps: if goal.max_steps > 0 { goal.max_steps } else { p.max_steps },
+            tool_timeout_sec: p.tool_timeout_sec,
+            llm: p.llm.clone(),
         }
     }
 
@@ -239,8 +270,9 @@ impl Ctx {
         mut cancel: impl futures::Stream<Item = r2r::ActionServerCancelRequest> + Unpin,
         mut term_rx: mpsc::Receiver<TerminateRequest>,
     ) {
-        let timeout = if goal.timeout_sec > 0.0 { goal.timeout_sec } else { self.params.timeout_sec };
-        let grace = Duration::from_secs_f64(self.params.grace_sec.max(0.0));
+        let p = self.params.borrow().clone();
+        let timeout = if goal.timeout_sec > 0.0 { goal.timeout_sec } else { p.timeout_sec };
+        let grace = Duration::from_secs_f64(p.grace_sec.clamp(0.0, 60.0));
         let spec = self.spec(&worker_id, &goal);
 
         enum End {
@@ -399,7 +431,9 @@ fn feedback(handle: &ActionServerGoal<LaunchProcess::Action>, worker_id: &str, s
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "process_manager", "/rosa")?;
-    let params: ProcessManagerParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<ProcessManagerParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let registry_path = config::resolve_config_path(&params.robots_file);
     let registry = Registry::load(&registry_path).unwrap_or_else(|e| {
@@ -432,7 +466,7 @@ pub async fn run() -> anyhow::Result<()> {
         table_pub,
         callback_pub,
         update_pub,
-        params: Arc::new(params),
+        params: declared.watch(),
         registry: Arc::new(registry),
         rules: Arc::new(rules),
         worker_exe: Arc::new(worker_exe),
@@ -440,6 +474,10 @@ pub async fn run() -> anyhow::Result<()> {
     };
     ctx.publish_table();
     ctx.refill_pool();
+    {
+        let ctx = ctx.clone();
+        declared.on_change(move |p| ctx.apply_params(p));
+    }
 
     {
         let ctx = ctx.clone();
@@ -492,7 +530,7 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(max_processes = ctx.params.max_processes, worker = %ctx.worker_exe.display(), "process manager ready");
+    tracing::info!(max_processes = params.max_processes, worker = %ctx.worker_exe.display(), "process manager ready");
     ros::shutdown_signal().await;
     tracing::info!("process manager shutting down: terminating workers");
     let senders: Vec<_> = ctx.shared.lock().expect("table lock").terminators.values().cloned().collect();
@@ -503,7 +541,7 @@ pub async fn run() -> anyhow::Result<()> {
             waits.push(rx);
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs_f64(ctx.params.grace_sec + 2.0), futures::future::join_all(waits)).await;
+    let _ = tokio::time::timeout(Duration::from_secs_f64(ctx.params.borrow().grace_sec.clamp(0.0, 60.0) + 2.0), futures::future::join_all(waits)).await;
     // Warm workers get EOF on stdin and exit; kill_on_drop makes sure of it.
     ctx.pool.lock().expect("pool lock").clear();
     spinner.stop();

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Speech parameters (`speech.*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct SpeechParams {
     /// "espeak" (local espeak-ng) or "openai" (an OpenAI-compatible /audio/speech endpoint).
@@ -39,6 +39,7 @@ pub struct SpeechParams {
     /// espeak-ng voice (e.g. en-us, fr) or the endpoint's voice name.
     pub voice: String,
     /// espeak-ng speed, words per minute.
+    #[schemars(range(min = 80, max = 450))]
     pub rate_wpm: u64,
     /// "auto" (the robot's speaker if the daemon has one, else the local device, else WAV files),
     /// "daemon", "local" or "files".
@@ -46,10 +47,13 @@ pub struct SpeechParams {
     /// Where "files" output writes its WAVs ("" = <data_dir>/speech).
     pub output_dir: String,
     /// Utterances waiting at most.
+    #[schemars(range(min = 1, max = 1000))]
     pub queue_size: u64,
-    /// For engine "openai": base URL, model and the environment variable holding the key.
+    /// For engine "openai": the endpoint's base URL.
     pub url: String,
+    /// For engine "openai": the speech model.
     pub model: String,
+    /// For engine "openai": the environment variable holding the key.
     pub key_env: String,
 }
 
@@ -70,13 +74,14 @@ impl Default for SpeechParams {
 }
 
 /// Camera parameters (`camera.*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct CameraParams {
     /// "" (none), a V4L2 device (`/dev/video0`), or an image topic: `sensor_msgs/Image`, or
     /// `sensor_msgs/CompressedImage` when the name ends with `/compressed`.
     pub source: String,
     /// A topic frame older than this is refused as stale, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub max_age_sec: f64,
 }
 
@@ -87,31 +92,45 @@ impl Default for CameraParams {
 }
 
 /// Parameters of the reachy_driver node (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ReachyParams {
     /// The daemon's base URL.
     pub daemon_url: String,
-    /// MCP server (streamable HTTP): address, port and path.
+    /// The MCP server's (streamable HTTP) address: bind beyond loopback only on purpose.
     pub mcp_bind: String,
+    /// The MCP server's port (0 = any free port; the log says which).
+    #[schemars(range(min = 0, max = 65535))]
     pub mcp_port: u64,
+    /// The MCP server's path.
     pub mcp_path: String,
-    /// /joint_states and /tf rate at most (the daemon streams at ~50 Hz).
+    /// /joint_states and /tf rate at most, Hz (the daemon streams at ~50 Hz).
+    #[schemars(range(min = 1.0, max = 200.0))]
     pub publish_rate_hz: f64,
     /// HTTP request timeout to the daemon, seconds.
+    #[schemars(range(min = 0.5, max = 600.0))]
     pub request_timeout_sec: f64,
     /// Delay between reconnection attempts, seconds.
+    #[schemars(range(min = 0.1, max = 600.0))]
     pub reconnect_sec: f64,
     /// Pictures and speech files go here ("" = $ROSA_DATA_DIR, else ~/.local/share/rosa).
     pub data_dir: String,
     /// The recorded-moves dataset played by play_emotion.
     pub emotions_dataset: String,
     /// Extra time past a move's duration a tool waits for it, seconds.
+    #[schemars(range(min = 0.5, max = 600.0))]
     pub move_timeout_margin_sec: f64,
+    /// Text to speech.
     pub speech: SpeechParams,
+    /// Frames for take_picture.
     pub camera: CameraParams,
     /// Vision model for describe_image / take_picture (OpenAI-compatible, as `llm.*`).
     pub vision: LlmConfig,
+}
+
+impl crate::params::NodeParams for ReachyParams {
+    // The daemon client, the MCP server, speech, camera and vision are set up once, at start.
+    const DYNAMIC: &'static [&'static str] = &["publish_rate_hz"];
 }
 
 impl Default for ReachyParams {
@@ -225,18 +244,30 @@ impl StatePublisher {
     }
 }
 
+/// How often `/diagnostics` is published (and at once when the level changes).
+const DIAGNOSTICS_PERIOD: Duration = Duration::from_secs(1);
+
+/// The diagnostic level of the daemon link.
+fn link_level(link: &Link) -> u8 {
+    match link {
+        Link::Connected { daemon_state, .. } if daemon_state == "running" => DiagnosticStatus::OK as u8,
+        Link::Connected { .. } => DiagnosticStatus::WARN as u8,
+        Link::Connecting | Link::Disconnected { .. } => DiagnosticStatus::ERROR as u8,
+    }
+}
+
 fn diagnostics(link: &Link, url: &str, rate: f64, speech: &str, speaking: bool) -> DiagnosticArray {
     let kv = |k: &str, v: String| KeyValue { key: k.into(), value: v };
     let since = |t: &SystemTime| format!("{:.0} s", SystemTime::now().duration_since(*t).unwrap_or_default().as_secs_f64());
     let (level, message, mut values) = match link {
-        Link::Connecting => (DiagnosticStatus::ERROR as u8, "connecting to the daemon".to_string(), vec![]),
+        Link::Connecting => (link_level(link), "connecting to the daemon".to_string(), vec![]),
         Link::Connected { since: t, daemon_state, version, simulation } => (
-            if daemon_state == "running" { DiagnosticStatus::OK as u8 } else { DiagnosticStatus::WARN as u8 },
+            link_level(link),
             format!("connected, daemon {daemon_state}"),
             vec![kv("daemon_state", daemon_state.clone()), kv("version", version.clone()), kv("simulation", simulation.clone()), kv("connected_for", since(t))],
         ),
         Link::Disconnected { since: t, reason } => (
-            DiagnosticStatus::ERROR as u8,
+            link_level(link),
             format!("disconnected: {reason}"),
             vec![kv("disconnected_for", since(t))],
         ),
@@ -289,7 +320,9 @@ async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: PathBuf) -> Arc<dyn
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "reachy_driver", "/rosa")?;
-    let params: ReachyParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<ReachyParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let joints = node.create_publisher::<JointState>("/joint_states", ros::reliable(10))?;
     let tf = node.create_publisher::<TFMessage>("/tf", ros::reliable(100))?;
@@ -381,7 +414,9 @@ pub async fn run() -> anyhow::Result<()> {
     {
         let daemon = daemon.clone();
         let rate = rate.clone();
-        let period = Duration::from_secs_f64(1.0 / params.publish_rate_hz.clamp(1.0, 200.0));
+        let mut rate_param = declared.watch();
+        let period_now = move |p: &ReachyParams| Duration::from_secs_f64(1.0 / p.publish_rate_hz.clamp(1.0, 200.0));
+        let mut period = period_now(&rate_param.borrow());
         let mut pubs = StatePublisher { joints, tf, tf_static, description, urdf: None, urdf_text: String::new(), static_sent: false };
         tokio::spawn(async move {
             // Publish each new state from the stream (at most every `period`); check the link and
@@ -392,6 +427,9 @@ pub async fn run() -> anyhow::Result<()> {
             let mut urdf_due = true;
             let (mut count, mut window) = (0u32, std::time::Instant::now());
             loop {
+                if rate_param.has_changed().unwrap_or(false) {
+                    period = period_now(&rate_param.borrow_and_update());
+                }
                 let fresh = tokio::select! {
                     r = states.changed() => r.is_ok(),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => false,
@@ -434,18 +472,33 @@ pub async fn run() -> anyhow::Result<()> {
         let speaking = speech.speaking();
         let rate = rate.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // One status per period, and one more at once when the level changes (OK, WARN,
+            // ERROR): while the daemon is down the link goes connecting → disconnected → … at every
+            // attempt, which is no news.
+            let mut tick = tokio::time::interval(DIAGNOSTICS_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut link = daemon.link_watch();
+            let mut last_level = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {},
-                    _ = link.changed() => {},
+                    r = link.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        if Some(link_level(&link.borrow_and_update())) == last_level {
+                            continue;
+                        }
+                    }
                 }
                 let l = link.borrow_and_update().clone();
                 let r = *rate.lock().expect("rate lock");
-                if let Err(e) = diag.publish(&diagnostics(&l, &url, r, &sink, *speaking.borrow())) {
+                let msg = diagnostics(&l, &url, r, &sink, *speaking.borrow());
+                last_level = Some(link_level(&l));
+                if let Err(e) = diag.publish(&msg) {
                     tracing::warn!("cannot publish /diagnostics: {e}");
                 }
+                tick.reset();
             }
         });
     }

@@ -33,7 +33,8 @@ pub async fn run() -> anyhow::Result<()> {
     let ros = std::thread::spawn(move || -> Result<Option<Spinner>, r2r::Error> {
         let ctx = r2r::Context::create()?;
         let Ok(name) = name_rx.recv() else { return Ok(None) };
-        let node = Node::create(ctx, &name, "/rosa")?;
+        let mut node = Node::create(ctx, &name, "/rosa")?;
+        crate::ros::attach_rosout(&mut node);
         tracing::debug!("ROS node up");
         Ok(Some(Spinner::start(node, Duration::from_millis(50))))
     });

@@ -221,10 +221,11 @@ impl AudioSink for DaemonSpeaker {
 pub struct LocalSpeaker;
 
 impl LocalSpeaker {
-    /// Whether there is a default output device at all.
+    /// Whether there is a default output device that can be opened (ALSA names a `default`
+    /// device even on a machine without a sound card; opening it then fails).
     pub fn available() -> bool {
-        use cpal::traits::HostTrait;
-        cpal::default_host().default_output_device().is_some()
+        use cpal::traits::{DeviceTrait, HostTrait};
+        cpal::default_host().default_output_device().is_some_and(|d| d.default_output_config().is_ok())
     }
 }
 
