@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod data_dir;
+pub mod dynmsg;
 pub mod http;
 pub mod input;
 pub mod kernel;
