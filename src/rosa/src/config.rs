@@ -85,7 +85,7 @@ pub struct Provider {
 }
 
 /// The LLM client's parameters (`llm.*`), shared by the kernel, the process manager and workers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct LlmConfig {
     /// Provider base URLs in order of preference; the first reachable one is used.
@@ -95,26 +95,36 @@ pub struct LlmConfig {
     /// Environment variable holding each provider's key ("" = none; the last one is reused).
     pub key_envs: Vec<String>,
     /// One attempt ends after this, seconds (however much is still streaming).
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub timeout_sec: f64,
     /// Connection timeout, seconds (a provider that does not answer is failed over quickly).
+    #[schemars(range(min = 0.1, max = 600.0))]
     pub connect_timeout_sec: f64,
     /// The answer's stream must start within this, seconds: its first chunk (a token, or the
     /// keep-alive of a server that queues or prefills). Tells a dead provider from a slow one.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub first_token_timeout_sec: f64,
     /// A stream silent for this long is broken, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub stall_timeout_sec: f64,
     /// Stream answers (server-sent events). Off: one JSON answer per call (then only `timeout_sec`
     /// bounds an attempt).
     pub stream: bool,
     /// Retries per provider on 429, 5xx, timeouts and broken streams (so 1 + max_retries HTTP
     /// requests at most per provider and call), before falling over to the next provider.
+    #[schemars(range(min = 0, max = 10))]
     pub max_retries: u32,
     /// First backoff delay, seconds (doubles on each retry); a `Retry-After` from the server wins.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub backoff_sec: f64,
     /// A `Retry-After` longer than this, seconds, moves on to the next provider instead of waiting.
+    #[schemars(range(min = 0.0, max = 3600.0))]
     pub max_retry_after_sec: f64,
+    /// Sampling temperature of the model.
+    #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: f64,
     /// `max_tokens` of each request (0 = the provider's default).
+    #[schemars(range(min = 0, max = 1000000))]
     pub max_tokens: u32,
 }
 

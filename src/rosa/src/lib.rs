@@ -3,11 +3,17 @@
 //! The logic lives in r2r-free modules (unit-tested without ROS); `nodes` wires it to ROS.
 pub mod agent;
 pub mod config;
+pub mod data_dir;
+pub mod dynmsg;
 pub mod http;
+pub mod input;
 pub mod kernel;
 pub mod llm;
 pub mod llm_server;
+pub mod logging;
+pub mod mcp_server;
 pub mod mcp_tools;
+pub mod params;
 pub mod process;
 pub mod reachy;
 pub mod robots;
@@ -16,6 +22,9 @@ pub mod worker;
 
 pub mod nodes;
 pub mod ros;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 /// The exit code of a node whose configuration is wrong (`EX_CONFIG`): supervisors do not
 /// restart it (tools/supervise.py).

@@ -93,7 +93,7 @@ impl ToolSpec {
 
 /// OpenAI's `tool_choice`: may the model answer in text (`Auto`), must it call a tool (`Required`),
 /// or may it not (`None`: the tools are not offered at all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolChoice {
     #[default]

@@ -3,8 +3,9 @@
 use crate::agent::{Agent, Memory};
 use crate::kernel::KernelStatus;
 use crate::config::{self, LlmConfig};
-use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
-use crate::llm::OpenAiChat;
+use crate::input::{self, clamped_size, ros_text};
+use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, Limits, ProcessControl, ProcessRow, Source};
+use crate::llm::{ChatModel, ChatRequest, Completion, LlmError, OpenAiChat};
 use crate::process::worker_id_for_goal;
 use crate::robots::{self, Registry, Robot};
 use crate::ros::{self, Spinner};
@@ -20,27 +21,94 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Parameters of the kernel node (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct KernelParams {
+    /// The kernel's LLM providers.
     pub llm: LlmConfig,
     /// Robots registry (YAML or drivers.json); relative paths are looked up in share/rosa/config.
     pub robots_file: String,
     /// Kernel prompt template; `{robots}` is replaced by the reachable robots.
     pub prompt_file: String,
     /// Events waiting beyond this are refused (and the refusal is published on /rosa/updates).
+    #[schemars(range(min = 1, max = 100000))]
     pub queue_size: u64,
     /// Conversation memory budget, in (estimated) tokens.
+    #[schemars(range(min = 100, max = 10000000))]
     pub memory_tokens: u64,
     /// LLM calls per event at most.
+    #[schemars(range(min = 1, max = 1000))]
     pub max_steps: u32,
     /// How often robot reachability is re-checked, seconds.
+    #[schemars(range(min = 0.5, max = 86400.0))]
     pub reachability_period_sec: f64,
     /// How long to wait for the process manager to accept or answer, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub process_manager_timeout_sec: f64,
     /// One event (every LLM call, retry and tool call for it) gets this long at most, seconds;
     /// then the kernel says it could not handle it and goes on with the next (0 = no limit).
+    #[schemars(range(min = 0.0, max = 86400.0))]
     pub event_deadline_sec: f64,
+}
+
+impl crate::params::NodeParams for KernelParams {
+    // The queue, the prompt and the registry are set up once; queue_size is the bound of the
+    // queue's channel.
+    const DYNAMIC: &'static [&'static str] =
+        &["llm.", "memory_tokens", "max_steps", "reachability_period_sec", "process_manager_timeout_sec", "event_deadline_sec"];
+
+    fn check(&self) -> Result<(), String> {
+        check_llm("llm", &self.llm)
+    }
+}
+
+/// `event_deadline_sec` as a deadline (0 = none; at most a day).
+fn event_deadline(sec: f64) -> Option<Duration> {
+    (sec.is_finite() && sec > 0.0).then(|| crate::input::clamped_seconds(sec, 0.1, 86_400.0))
+}
+
+/// `llm.*` must name at least one provider.
+pub fn check_llm(prefix: &str, llm: &LlmConfig) -> Result<(), String> {
+    if llm.providers().is_empty() {
+        return Err(format!("{prefix}.urls names no provider (give at least one OpenAI-compatible base URL)"));
+    }
+    Ok(())
+}
+
+/// The LLM client, replaced when `llm.*` is set: the event in progress finishes with the client it
+/// started with, the next one uses the new providers.
+struct Providers(std::sync::RwLock<Arc<OpenAiChat>>);
+
+impl Providers {
+    fn current(&self) -> Arc<OpenAiChat> {
+        match self.0.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, model: OpenAiChat) {
+        let model = Arc::new(model);
+        match self.0.write() {
+            Ok(mut m) => *m = model.clone(),
+            Err(p) => *p.into_inner() = model.clone(),
+        }
+        tokio::spawn(probe(model));
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for Providers {
+    async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion, LlmError> {
+        self.current().complete(request).await
+    }
+}
+
+async fn probe(model: Arc<OpenAiChat>) {
+    match model.probe().await {
+        Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
+        None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+    }
 }
 
 impl Default for KernelParams {
@@ -67,7 +135,7 @@ struct RosOutput {
 
 impl KernelOutput for RosOutput {
     fn event(&self, seq: u64, source: Source, text: &str, received: SystemTime) {
-        let msg = KernelEvent { seq, source: source.as_str().into(), text: text.into(), stamp: ros::stamp(received) };
+        let msg = KernelEvent { seq, source: source.as_str().into(), text: ros_text(text).into_owned(), stamp: ros::stamp(received) };
         if let Err(e) = self.events.lock().expect("publisher lock").publish(&msg) {
             tracing::error!(error = %e, "cannot publish /rosa/events");
         }
@@ -79,7 +147,7 @@ impl KernelOutput for RosOutput {
 }
 
 fn publish_update(p: &Publisher<Update>, role: &str, text: &str) {
-    let msg = Update { role: role.into(), text: text.into(), worker_id: String::new(), stamp: ros::now() };
+    let msg = Update { role: role.into(), text: ros_text(text).into_owned(), worker_id: String::new(), stamp: ros::now() };
     if let Err(e) = p.publish(&msg) {
         tracing::error!(error = %e, "cannot publish /rosa/updates");
     }
@@ -91,21 +159,26 @@ struct RosProcesses {
     list: Client<ListProcesses::Service>,
     terminate: Client<TerminateProcess::Service>,
     server_seen: Arc<AtomicBool>,
-    timeout: Duration,
+    params: watch::Receiver<KernelParams>,
 }
 
 impl RosProcesses {
+    /// `process_manager_timeout_sec` now (its range keeps it a valid duration).
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.params.borrow().process_manager_timeout_sec.clamp(0.1, 3600.0))
+    }
+
     async fn wait_for_server(&self) -> Result<(), String> {
         if self.server_seen.load(Ordering::Relaxed) {
             return Ok(());
         }
         let fut = Node::is_available(&self.launch).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.timeout(), fut).await {
             Ok(Ok(())) => {
                 self.server_seen.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout.as_secs_f64())),
+            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout().as_secs_f64())),
         }
     }
 
@@ -114,10 +187,10 @@ impl RosProcesses {
         F: std::future::Future<Output = Result<S, r2r::Error>>,
     {
         let fut = fut.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.timeout(), fut).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
         }
     }
 }
@@ -128,9 +201,9 @@ impl ProcessControl for RosProcesses {
         self.wait_for_server().await?;
         let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
         let sent = self.launch.send_goal_request(goal).map_err(|e| e.to_string())?;
-        let accepted = match tokio::time::timeout(self.timeout, sent).await {
+        let accepted = match tokio::time::timeout(self.timeout(), sent).await {
             Ok(r) => r,
-            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
         };
         match accepted {
             Ok((handle, result, mut feedback)) => {
@@ -145,7 +218,7 @@ impl ProcessControl for RosProcesses {
                 Ok(id)
             }
             Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
-                let req = ListProcesses::Request { include_ended: false };
+                let req = ListProcesses::Request { include_ended: false, full_system_prompts: false };
                 Err(match self.request(self.list.request(&req)).await {
                     Ok(t) if t.processes.len() >= t.max_processes as usize => format!(
                         "rejected by the process manager: {} of at most {} processes are running; wait for one to finish or terminate one",
@@ -160,7 +233,7 @@ impl ProcessControl for RosProcesses {
     }
 
     async fn list(&self) -> Result<Vec<ProcessRow>, String> {
-        let req = ListProcesses::Request { include_ended: true };
+        let req = ListProcesses::Request { include_ended: true, full_system_prompts: false };
         let resp = self.request(self.list.request(&req)).await?;
         Ok(resp
             .processes
@@ -187,9 +260,10 @@ impl ProcessControl for RosProcesses {
     }
 }
 
-/// Keep the reachable robots in `tx`, re-checking every `period`.
-async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Duration) {
+/// Keep the reachable robots in `tx`, re-checking every `reachability_period_sec`.
+async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, mut params: watch::Receiver<KernelParams>) {
     loop {
+        let period = Duration::from_secs_f64(params.borrow_and_update().reachability_period_sec.clamp(0.5, 86400.0));
         let mut up = Vec::new();
         for r in &all {
             if robots::reachable(&r.url, Duration::from_millis(500)).await {
@@ -202,7 +276,10 @@ async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Du
             tracing::info!(reachable = ?names, unreachable = ?down, "robots");
             tx.send_replace(up);
         }
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
+            _ = params.changed() => {},
+        }
     }
 }
 
@@ -212,10 +289,26 @@ fn refuse(updates: &Publisher<Update>, event: &Event, why: &str) {
     publish_update(updates, "system", &text);
 }
 
+/// A user's text (`what`: "command", "transcript", "chat prompt") that is empty, only whitespace or
+/// not valid UTF-8 is refused out loud on /rosa/updates and never reaches the LLM.
+fn accept_user_text(updates: &Publisher<Update>, what: &str, text: String) -> Option<String> {
+    match input::user_text_refusal(what, &text) {
+        None => Some(text),
+        Some(why) => {
+            let text = format!("refused a {what}: {why}");
+            tracing::warn!("{text}");
+            publish_update(updates, "system", &text);
+            None
+        }
+    }
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
-    let params: KernelParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<KernelParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let template_path = config::resolve_config_path(&params.prompt_file);
     let template = config::read_text(&template_path)?;
@@ -239,29 +332,45 @@ pub async fn run() -> anyhow::Result<()> {
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
         terminate: node.create_client::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?,
         server_seen: Arc::new(AtomicBool::new(false)),
-        timeout: Duration::from_secs_f64(params.process_manager_timeout_sec.max(0.1)),
+        params: declared.watch(),
     };
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
-    let model = Arc::new(OpenAiChat::new(&params.llm)?.with_client_id("kernel"));
+    let first = Arc::new(OpenAiChat::new(&params.llm)?.with_client_id("kernel"));
+    tokio::spawn(probe(first.clone()));
+    let model = Arc::new(Providers(std::sync::RwLock::new(first)));
+    let limits = |p: &KernelParams| Limits {
+        max_steps: p.max_steps,
+        memory_tokens: p.memory_tokens as usize,
+        event_deadline: event_deadline(p.event_deadline_sec),
+    };
+    let (limits_tx, limits_rx) = watch::channel(limits(&params));
     {
-        let model = model.clone();
-        tokio::spawn(async move {
-            match model.probe().await {
-                Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
-                None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+        let (model, llm) = (model.clone(), std::sync::Mutex::new(params.llm.clone()));
+        declared.on_change(move |p| {
+            limits_tx.send_if_modified(|l| {
+                let new = limits(p);
+                let changed = *l != new;
+                *l = new;
+                changed
+            });
+            let Ok(mut llm) = llm.lock() else { return };
+            if serde_json::to_value(&*llm).ok() != serde_json::to_value(&p.llm).ok() {
+                match OpenAiChat::new(&p.llm).map(|m| m.with_client_id("kernel")) {
+                    Ok(m) => {
+                        model.replace(m);
+                        *llm = p.llm.clone();
+                    }
+                    Err(e) => tracing::error!("the new llm.* parameters cannot be used, keeping the previous providers: {e}"),
+                }
             }
         });
     }
 
     let (robots_tx, robots_rx) = watch::channel(Vec::new());
-    tokio::spawn(watch_robots(
-        registry.robots.clone(),
-        robots_tx,
-        Duration::from_secs_f64(params.reachability_period_sec.max(0.5)),
-    ));
+    tokio::spawn(watch_robots(registry.robots.clone(), robots_tx, declared.watch()));
 
-    let (queue, rx) = EventQueue::new(params.queue_size as usize);
+    let (queue, rx) = EventQueue::new(clamped_size(params.queue_size, 1, 100_000));
     let status = KernelStatus::default();
     // An event is refused out loud when the queue is full, and queued out loud while the kernel
     // is busy (waiting on the LLM): the user hears it was received.
@@ -293,13 +402,19 @@ pub async fn run() -> anyhow::Result<()> {
             futures::future::ready(())
         }))
     };
-    forward(commands.map(|m| Event::command(&m.data)).boxed());
-    forward(transcripts.map(|m| Event::transcript(&m.text)).boxed());
+    let (u1, u2) = (updates.clone(), updates.clone());
+    forward(commands.filter_map(move |m| futures::future::ready(accept_user_text(&u1, "command", m.data))).map(|t| Event::command(&t)).boxed());
+    forward(transcripts.filter_map(move |m| futures::future::ready(accept_user_text(&u2, "transcript", m.text))).map(|t| Event::transcript(&t)).boxed());
     forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
     {
-        let admit = admit.clone();
+        let (admit, updates) = (admit.clone(), updates.clone());
         tokio::spawn(async move {
             while let Some(req) = chats.next().await {
+                if let Some(why) = input::user_text_refusal("chat prompt", &req.message.prompt) {
+                    let _ = accept_user_text(&updates, "chat prompt", req.message.prompt.clone());
+                    let _ = req.respond(Chat::Response { success: false, reply: ros_text(&why).into_owned() });
+                    continue;
+                }
                 let (event, reply) = Event::chat(&req.message.prompt);
                 if let Err(why) = admit(event) {
                     let _ = req.respond(Chat::Response { success: false, reply: why });
@@ -307,8 +422,8 @@ pub async fn run() -> anyhow::Result<()> {
                 }
                 tokio::spawn(async move {
                     let resp = match reply.await {
-                        Ok(Ok(text)) => Chat::Response { success: true, reply: text },
-                        Ok(Err(e)) => Chat::Response { success: false, reply: e },
+                        Ok(Ok(text)) => Chat::Response { success: true, reply: ros_text(&text).into_owned() },
+                        Ok(Err(e)) => Chat::Response { success: false, reply: ros_text(&e).into_owned() },
                         Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
                     };
                     if let Err(e) = req.respond(resp) {
@@ -320,11 +435,9 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
-    let deadline = (params.event_deadline_sec.is_finite() && params.event_deadline_sec > 0.0)
-        .then(|| Duration::from_secs_f64(params.event_deadline_sec.min(86_400.0)));
-    let options = crate::kernel::agent_options(params.max_steps, deadline);
+    let options = crate::kernel::agent_options(params.max_steps, event_deadline(params.event_deadline_sec));
     let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), options);
-    let kernel = Kernel::new(agent, tools, template);
+    let kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
     let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
     tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), "kernel ready");
 

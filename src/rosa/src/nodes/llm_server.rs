@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Parameters of the llm_server node (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct LlmServerParams {
     /// Address of the endpoint (loopback unless you mean to serve other machines).
     pub bind: String,
     /// Port of the endpoint: `http://<bind>:<port>/v1`.
+    #[schemars(range(min = 0, max = 65535))]
     pub port: u16,
     /// The GGUF model: absolute, or looked up in `$ROSA_MODELS_DIR`, `$ROSA_ROOT/.rosa/models`,
     /// the checkout's `.rosa/models`.
@@ -34,22 +35,30 @@ pub struct LlmServerParams {
     /// then `llama-server` on PATH.
     pub server_executable: String,
     /// KV cache per slot, tokens (the longest prompt plus answer a request may have).
+    #[schemars(range(min = 256, max = 131072))]
     pub ctx_per_slot: u32,
     /// Slots, each keeping its own prompt processed (the kernel's, the workers').
+    #[schemars(range(min = 1, max = 16))]
     pub slots: u32,
     /// Generations at once (the rest wait in the fair queue).
+    #[schemars(range(min = 1, max = 16))]
     pub max_concurrent: u32,
     /// CPU threads generating tokens (0 = one per core but one, at least one: generation
     /// synchronises its threads at every layer, and a thread that must share its core with another
     /// process stalls them all — measured here, 2 threads on 2 busy cores: 0.4-1.2 tokens/s, 1 thread: 2.1-4.1).
+    #[schemars(range(min = 0, max = 256))]
     pub threads: u32,
     /// CPU threads processing prompts (0 = one per core).
+    #[schemars(range(min = 0, max = 256))]
     pub threads_batch: u32,
     /// Host memory for the prompt cache of idle slots, MiB.
+    #[schemars(range(min = 0, max = 65536))]
     pub prompt_cache_mib: u32,
     /// `max_tokens` when a request gives none, and the most one may ask for.
+    #[schemars(range(min = 1, max = 131072))]
     pub max_tokens: u32,
     /// Temperature when a request gives none.
+    #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: f64,
     /// Clients (OpenAI `user`) served before the others in the queue.
     pub priority_clients: Vec<String>,
@@ -58,15 +67,31 @@ pub struct LlmServerParams {
     /// Load the model at start (false: on the first request).
     pub preload: bool,
     /// Loading may take this long, seconds.
+    #[schemars(range(min = 1.0, max = 3600.0))]
     pub load_timeout_sec: f64,
     /// One generation ends after this, seconds.
+    #[schemars(range(min = 1.0, max = 86400.0))]
     pub request_timeout_sec: f64,
     /// Keep-alive comments on waiting streams this often, seconds.
+    #[schemars(range(min = 0.05, max = 60.0))]
     pub ping_sec: f64,
     /// More llama-server arguments.
     pub extra_args: Vec<String>,
     /// `/diagnostics` this often, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub diagnostics_period_sec: f64,
+}
+
+impl crate::params::NodeParams for LlmServerParams {
+    // The endpoint, llama-server and its model are set up once, at start.
+    const DYNAMIC: &'static [&'static str] = &[];
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_concurrent > self.slots {
+            return Err(format!("max_concurrent = {} may not exceed slots = {}", self.max_concurrent, self.slots));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LlmServerParams {
@@ -194,7 +219,9 @@ fn diagnostics(app: &App, params: &LlmServerParams, url: &str) -> DiagnosticArra
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "llm_server", "/rosa")?;
-    let params: LlmServerParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<LlmServerParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
     let diag = node.create_publisher::<DiagnosticArray>("/diagnostics", ros::reliable(10))?;
     let spinner = Spinner::start(node, Duration::from_millis(50));
 
