@@ -193,8 +193,10 @@ class Graph:
 
     def env(self):
         env = dict(os.environ)
+        # Each test's own data dir: the kernel's and the process manager's journals live there.
         env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                   RUST_LOG=env.get("RUST_LOG", "info"), ROSA_CONFIG_DIR=str(ROOT / "config"))
+                   RUST_LOG=env.get("RUST_LOG", "info"), ROSA_CONFIG_DIR=str(ROOT / "config"),
+                   ROSA_DATA_DIR=str(self.tmp / "data"))
         return env
 
     def start(self, name, **params):

@@ -4,10 +4,13 @@
 pub mod agent;
 pub mod config;
 pub mod http;
+pub mod journal;
 pub mod kernel;
+pub mod kernel_queue;
 pub mod llm;
 pub mod mcp_tools;
 pub mod process;
+pub mod process_journal;
 pub mod reachy;
 pub mod robots;
 pub mod stt;

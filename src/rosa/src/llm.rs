@@ -12,8 +12,10 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// One message of a conversation (the OpenAI chat roles).
-#[derive(Debug, Clone, PartialEq)]
+/// One message of a conversation (the OpenAI chat roles). Serializable: the kernel journals its
+/// conversation memory (`kernel_queue`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Message {
     System(String),
     User(String),

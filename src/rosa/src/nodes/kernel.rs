@@ -2,7 +2,8 @@
 
 use crate::agent::{Agent, Memory};
 use crate::config::{self, LlmConfig};
-use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
+use crate::kernel::{Event, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
+use crate::kernel_queue::{callback_key, KernelQueue, Refusal};
 use crate::llm::OpenAiChat;
 use crate::process::worker_id_for_goal;
 use crate::robots::{self, Registry, Robot};
@@ -37,6 +38,13 @@ pub struct KernelParams {
     pub reachability_period_sec: f64,
     /// How long to wait for the process manager to accept or answer, seconds.
     pub process_manager_timeout_sec: f64,
+    /// Where the journal of the event queue goes ("" = $ROSA_DATA_DIR/state/domain<ROS_DOMAIN_ID>).
+    pub journal_dir: String,
+    /// Sync each accepted event to disk before it is queued (survives a power cut, ~4 ms a burst).
+    pub journal_sync: bool,
+    /// History depth of the intake (/rosa/command, /rosa/stt/transcript, /rosa/chat requests):
+    /// what may arrive at once before the kernel takes it (a burst); each is then queued or refused.
+    pub intake_depth: u64,
 }
 
 impl Default for KernelParams {
@@ -50,9 +58,18 @@ impl Default for KernelParams {
             max_steps: 8,
             reachability_period_sec: 10.0,
             process_manager_timeout_sec: 10.0,
+            journal_dir: String::new(),
+            journal_sync: true,
+            intake_depth: 5000,
         }
     }
 }
+
+/// Callbacks the kernel can get back from the process manager's history after a restart (the
+/// process manager keeps as many: `nodes::process_manager::CALLBACK_HISTORY`).
+const CALLBACK_HISTORY: usize = 100;
+/// History of /rosa/updates for late joiners.
+const UPDATES_HISTORY: usize = 50;
 
 /// r2r publishers are `Send` but not `Sync`: each sits behind a mutex.
 struct RosOutput {
@@ -128,16 +145,12 @@ impl ProcessControl for RosProcesses {
             Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
         };
         match accepted {
-            Ok((handle, result, mut feedback)) => {
-                let id = worker_id_for_goal(handle.uuid.as_bytes());
-                // Drain feedback and the result: the outcome comes back as a WorkerCallback event.
-                let wid = id.clone();
-                tokio::spawn(async move {
-                    let drain = async { while feedback.next().await.is_some() {} };
-                    let (_, r) = tokio::join!(drain, result);
-                    tracing::debug!(worker_id = %wid, result = ?r.map(|(s, r)| (s, r.success)), "goal finished");
-                });
-                Ok(id)
+            Ok((handle, result, feedback)) => {
+                // The outcome comes back as a WorkerCallback event: neither the feedback nor the
+                // result is awaited (a goal whose process manager restarts never gets a result,
+                // and nothing may wait for it forever). Dropping them frees r2r's per-goal state.
+                drop((result, feedback));
+                Ok(worker_id_for_goal(handle.uuid.as_bytes()))
             }
             Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
                 let req = ListProcesses::Request { include_ended: false };
@@ -207,6 +220,77 @@ fn refuse(updates: &Publisher<Update>, event: &Event, why: &str) {
     publish_update(updates, "system", &text);
 }
 
+/// The longest run of events handed to the queue in one journal write (a burst).
+const INTAKE_BATCH: usize = 512;
+
+/// A `/rosa/chat` call waiting for the kernel's answer.
+type ChatCall = (r2r::ServiceRequest<Chat::Service>, tokio::sync::oneshot::Receiver<Result<String, String>>);
+
+/// An event from the intake, with its deduplication key and, for a chat call, where to answer.
+struct Intake {
+    event: Event,
+    key: Option<String>,
+    chat: Option<ChatCall>,
+}
+
+fn answer_chat(req: r2r::ServiceRequest<Chat::Service>, resp: Chat::Response) {
+    if let Err(e) = req.respond(resp) {
+        tracing::error!(error = %e, "cannot answer /rosa/chat");
+    }
+}
+
+/// Hand a batch of arrivals to the queue (one journal write); say out loud what is refused.
+fn offer(queue: &KernelQueue, updates: &Publisher<Update>, batch: Vec<Intake>) {
+    let mut chats = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    for Intake { event, key, chat } in batch {
+        events.push((event, key));
+        chats.push(chat);
+    }
+    for (outcome, chat) in queue.push_batch(events).into_iter().zip(chats) {
+        let (event, why) = match outcome {
+            Ok(()) => {
+                if let Some((req, reply)) = chat {
+                    tokio::spawn(async move {
+                        let resp = match reply.await {
+                            Ok(Ok(text)) => Chat::Response { success: true, reply: text },
+                            Ok(Err(e)) => Chat::Response { success: false, reply: e },
+                            Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
+                        };
+                        answer_chat(req, resp);
+                    });
+                }
+                continue;
+            }
+            Err(Refusal::Duplicate(key)) => {
+                tracing::debug!(%key, "worker callback already accepted: not handled again");
+                continue;
+            }
+            Err(Refusal::Full(e, why)) => (e, why),
+            Err(Refusal::Closed(e)) => (e, "the kernel is stopping".to_string()),
+        };
+        refuse(updates, &event, &why);
+        if let Some((req, _)) = chat {
+            answer_chat(req, Chat::Response { success: false, reply: why });
+        }
+    }
+}
+
+/// Feed `stream` to the queue, a burst at a time (whatever has arrived is journaled in one write).
+fn forward<S>(stream: S, queue: Arc<KernelQueue>, updates: Publisher<Update>) -> tokio::task::JoinHandle<()>
+where
+    S: futures::Stream<Item = Intake> + Send + Unpin + 'static,
+{
+    tokio::spawn(stream.ready_chunks(INTAKE_BATCH).for_each(move |batch| {
+        offer(&queue, &updates, batch);
+        futures::future::ready(())
+    }))
+}
+
+fn stamp_ns(t: &r2r::builtin_interfaces::msg::Time) -> i64 {
+    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
@@ -223,12 +307,17 @@ pub async fn run() -> anyhow::Result<()> {
         }
     };
 
-    let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(100))?;
-    let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(100))?;
-    let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
-    let mut chats = node.create_service::<Chat::Service>("/rosa/chat", QosProfile::services_default())?;
+    // The intake holds a burst in DDS's history and in r2r's channel (sized from the same depth,
+    // patches/r2r/0200) until the forwarders below take it: each event is then queued or refused.
+    let depth = (params.intake_depth as usize).max(10);
+    let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(depth))?;
+    let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(depth))?;
+    // Transient-local: a restarted kernel gets the callbacks published while it was down from the
+    // process manager's history; those it had already accepted are dropped by key.
+    let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
+    let chats = node.create_service::<Chat::Service>("/rosa/chat", ros::service_qos(depth))?;
     let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
-    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
+    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(UPDATES_HISTORY))?;
     let processes = RosProcesses {
         launch: node.create_action_client::<LaunchProcess::Action>("/rosa/launch_process")?,
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
@@ -236,6 +325,14 @@ pub async fn run() -> anyhow::Result<()> {
         server_seen: Arc::new(AtomicBool::new(false)),
         timeout: Duration::from_secs_f64(params.process_manager_timeout_sec.max(0.1)),
     };
+
+    // The durable queue: replay the journal of the previous run (if any) before taking anything.
+    let journal = crate::journal::state_dir(&params.journal_dir).join("kernel.journal");
+    let (queue, recovery) = KernelQueue::open(&journal, params.queue_size as usize, params.journal_sync, params.memory_tokens as usize)
+        .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("the kernel's event queue: {e}"))))?;
+    let queue = Arc::new(queue);
+    let started_at = SystemTime::now();
+    let fresh = !recovery.restarted;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let model = Arc::new(OpenAiChat::new(&params.llm)?);
@@ -256,55 +353,47 @@ pub async fn run() -> anyhow::Result<()> {
         Duration::from_secs_f64(params.reachability_period_sec.max(0.5)),
     ));
 
-    let (queue, rx) = EventQueue::new(params.queue_size as usize);
-    let forward = |stream: futures::stream::BoxStream<'static, Event>| {
-        let queue = queue.clone();
-        let updates = updates.clone();
-        tokio::spawn(stream.for_each(move |e| {
-            if let Err((e, why)) = queue.push(e) {
-                refuse(&updates, &e, &why);
-            }
-            futures::future::ready(())
-        }))
-    };
-    forward(commands.map(|m| Event::command(&m.data)).boxed());
-    forward(transcripts.map(|m| Event::transcript(&m.text)).boxed());
-    forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
-    {
-        let queue = queue.clone();
-        let updates = updates.clone();
-        tokio::spawn(async move {
-            while let Some(req) = chats.next().await {
-                let (event, reply) = Event::chat(&req.message.prompt);
-                if let Err((e, why)) = queue.push(event) {
-                    refuse(&updates, &e, &why);
-                    let _ = req.respond(Chat::Response { success: false, reply: why });
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let resp = match reply.await {
-                        Ok(Ok(text)) => Chat::Response { success: true, reply: text },
-                        Ok(Err(e)) => Chat::Response { success: false, reply: e },
-                        Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
-                    };
-                    if let Err(e) = req.respond(resp) {
-                        tracing::warn!(error = %e, "cannot answer /rosa/chat");
-                    }
-                });
-            }
-        });
-    }
+    let plain = |event| Intake { event, key: None, chat: None };
+    forward(commands.map(move |m| plain(Event::command(&m.data))), queue.clone(), updates.clone());
+    forward(transcripts.map(move |m| plain(Event::transcript(&m.text))), queue.clone(), updates.clone());
+    let callbacks = callbacks.filter_map(move |m| {
+        // A first start (no journal) does not take up callbacks of an earlier session that the
+        // process manager still holds in its history: nobody here asked for them.
+        let stale = fresh && SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp_ns(&m.stamp).max(0) as u64) < started_at;
+        if stale {
+            tracing::debug!(worker_id = %m.worker_id, "ignoring a worker callback from before this kernel's first start");
+        }
+        let key = callback_key(&m.worker_id, m.final_, stamp_ns(&m.stamp), &m.message);
+        futures::future::ready((!stale).then(|| Intake { event: Event::worker_callback(&m.worker_id, &m.message, m.done), key: Some(key), chat: None }))
+    });
+    forward(Box::pin(callbacks), queue.clone(), updates.clone());
+    forward(
+        chats.map(|req| {
+            let (event, reply) = Event::chat(&req.message.prompt);
+            Intake { event, key: None, chat: Some((req, reply)) }
+        }),
+        queue.clone(),
+        updates.clone(),
+    );
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
-    let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
-    let kernel = Kernel::new(agent, tools, template);
+    let mut agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
+    agent.memory.restore(recovery.memory.clone());
+    let mut kernel = Kernel::new(agent, tools, template);
+    kernel.resume_seq(recovery.seq);
+    if let Some(text) = recovery.announcement() {
+        tracing::warn!(journal = %journal.display(), "{text}");
+        publish_update(&updates, "system", &text);
+    }
     let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
-    tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), "kernel ready");
+    tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), journal = %journal.display(), "kernel ready");
 
     tokio::select! {
-        _ = kernel.run(rx, out) => {},
+        _ = kernel.run(queue.clone(), out) => {},
         _ = ros::shutdown_signal() => tracing::info!("kernel shutting down"),
     }
+    // What is still queued stays in the journal for the next start.
+    queue.close();
     spinner.stop();
     Ok(())
 }

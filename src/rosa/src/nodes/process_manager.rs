@@ -2,6 +2,7 @@
 
 use crate::config::{self, LlmConfig};
 use crate::process::{self, ProcessTable, Row, State, WorkerReport, WorkerSpec};
+use crate::process_journal::{LiveRow, ProcessJournal, Recovered};
 use crate::robots::Registry;
 use crate::ros::{self, Spinner};
 use crate::worker::compose_system_prompt;
@@ -9,12 +10,13 @@ use futures::StreamExt;
 use r2r::rosa_interfaces::action::LaunchProcess;
 use r2r::rosa_interfaces::msg::{ProcessInfo, ProcessTable as ProcessTableMsg, Update, WorkerCallback};
 use r2r::rosa_interfaces::srv::{ListProcesses, TerminateProcess};
-use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher, QosProfile};
+use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 /// Parameters of the process manager (see `config/rosa.yaml`).
@@ -42,6 +44,15 @@ pub struct ProcessManagerParams {
     pub worker_executable: String,
     /// Workers kept started and waiting for a task (0 = start each on demand).
     pub warm_workers: u64,
+    /// A worker still running this long after its final report is killed (SIGKILL), counted and
+    /// logged; workers exit by themselves within 150 ms of it.
+    pub exit_grace_sec: f64,
+    /// Where the journal of the process table goes ("" = $ROSA_DATA_DIR/state/domain<ROS_DOMAIN_ID>).
+    pub journal_dir: String,
+    /// Sync the journal to disk at each accepted goal, started worker and final report.
+    pub journal_sync: bool,
+    /// History depth of the goal, list and terminate requests (a burst of callers).
+    pub request_depth: u64,
 }
 
 impl Default for ProcessManagerParams {
@@ -58,6 +69,10 @@ impl Default for ProcessManagerParams {
             tool_timeout_sec: 60.0,
             worker_executable: String::new(),
             warm_workers: 2,
+            exit_grace_sec: 0.5,
+            journal_dir: String::new(),
+            journal_sync: true,
+            request_depth: 1000,
         }
     }
 }
@@ -81,6 +96,17 @@ struct Ctx {
     rules: Arc<String>,
     worker_exe: Arc<PathBuf>,
     pool: Arc<Mutex<std::collections::VecDeque<process::IdleWorker>>>,
+    journal: Arc<Mutex<ProcessJournal>>,
+    /// Workers killed because they lingered past `exit_grace_sec` after their report.
+    lingered: Arc<AtomicU64>,
+}
+
+/// Callbacks kept for late joiners, and for a restarted kernel (it subscribes transient-local and
+/// drops those it had already accepted).
+pub const CALLBACK_HISTORY: usize = 100;
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn info(r: &Row) -> ProcessInfo {
@@ -124,16 +150,20 @@ impl Ctx {
     /// `Update` for the user. The worker hands its report over stdout and the process manager
     /// publishes it: a DDS writer in a process that lives 50 ms is not matched by every subscriber
     /// in time, while this node's writer is, so every subscriber (kernel, UI, rosbag) gets it once.
+    ///
+    /// The report is journaled before it is published and marked published after: a process
+    /// manager that dies in between publishes it again when it restarts (same stamp; the kernel
+    /// drops the repeat), one that dies before never loses it.
     fn publish_outcome(&self, worker_id: &str, done: bool, message: &str, role: &str) {
-        let stamp = ros::now();
-        let cb = WorkerCallback { worker_id: worker_id.into(), message: message.into(), done, final_: true, stamp: stamp.clone() };
-        if let Err(e) = self.callback_pub.publish(&cb) {
-            tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
-        }
-        let up = Update { role: role.into(), text: message.into(), worker_id: worker_id.into(), stamp };
-        if let Err(e) = self.update_pub.publish(&up) {
-            tracing::error!(error = %e, "cannot publish /rosa/updates");
-        }
+        let now = SystemTime::now();
+        let stamp_ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        self.lock_journal().final_report(worker_id, done, message, stamp_ns);
+        publish_final(&self.callback_pub, &self.update_pub, worker_id, done, message, role, ros::stamp(now));
+        self.lock_journal().published(worker_id);
+    }
+
+    fn lock_journal(&self) -> std::sync::MutexGuard<'_, ProcessJournal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Admit or reject a goal request; on accept, run it in its own task.
@@ -153,10 +183,23 @@ impl Ctx {
             return;
         }
         let goal = req.goal.clone();
+        // Journaled before it is accepted: an accepted goal is never unknown to a restarted
+        // process manager.
+        let started = SystemTime::now();
+        self.lock_journal().accepted(LiveRow {
+            worker_id: worker_id.clone(),
+            system_prompt: goal.system_prompt.clone(),
+            robots: goal.robots.clone(),
+            started_ms: unix_ms(started),
+            pid: 0,
+            start_ticks: 0,
+            report: None,
+        });
         let (handle, cancel) = match req.accept() {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot accept goal");
+                self.lock_journal().ended(&worker_id, State::Failed);
                 return;
             }
         };
@@ -171,7 +214,7 @@ impl Ctx {
                 robots: goal.robots.clone(),
                 step: 0,
                 last_tool: String::new(),
-                started: SystemTime::now(),
+                started,
             });
             s.terminators.insert(worker_id.clone(), term_tx);
         }
@@ -241,6 +284,7 @@ impl Ctx {
     ) {
         let timeout = if goal.timeout_sec > 0.0 { goal.timeout_sec } else { self.params.timeout_sec };
         let grace = Duration::from_secs_f64(self.params.grace_sec.max(0.0));
+        let exit_grace = Duration::from_secs_f64(self.params.exit_grace_sec.max(0.0));
         let spec = self.spec(&worker_id, &goal);
 
         enum End {
@@ -259,10 +303,15 @@ impl Ctx {
             Err(e) => End::SpawnFailed(e.to_string()),
             Ok(mut w) => {
                 tracing::info!(%worker_id, pid = w.pid, robots = ?goal.robots, "worker started");
+                self.lock_journal().spawned(&worker_id, w.pid, process::start_ticks(w.pid).unwrap_or(0));
                 self.with_table(|t| t.update(&worker_id, |r| r.pid = w.pid));
                 feedback(&handle, &worker_id, "starting", 0, "");
                 let deadline = tokio::time::sleep(Duration::from_secs_f64(timeout.max(0.1)));
                 tokio::pin!(deadline);
+                // Armed by the final report: a worker still there after the grace is killed.
+                let linger = tokio::time::sleep(Duration::from_secs(3600 * 24 * 365));
+                tokio::pin!(linger);
+                let mut lingering = false;
                 let mut cancel_open = true;
                 let mut stdout_open = true;
                 loop {
@@ -294,6 +343,8 @@ impl Ctx {
                                     let state = if done { State::Succeeded } else { State::Failed };
                                     self.with_table(|t| t.update(&worker_id, |r| r.state = state));
                                     final_report = Some((done, message));
+                                    linger.as_mut().reset(tokio::time::Instant::now() + exit_grace);
+                                    lingering = true;
                                 }
                                 Err(_) => tracing::debug!(%worker_id, %line, "non-report output from worker"),
                             },
@@ -313,7 +364,14 @@ impl Ctx {
                             let s = process::terminate(&mut w.child, w.pid, force, grace).await;
                             break End::Terminated(s, reply);
                         },
-                        _ = &mut deadline => {
+                        _ = &mut linger, if lingering => {
+                            lingering = false;
+                            let n = self.lingered.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::warn!(%worker_id, pid = w.pid, lingered_total = n,
+                                "worker still running {:.1} s after its final report: killing it", exit_grace.as_secs_f64());
+                            process::signal_group(w.pid, nix::sys::signal::Signal::SIGKILL);
+                        }
+                        _ = &mut deadline, if final_report.is_none() => {
                             let s = process::terminate(&mut w.child, w.pid, false, grace).await;
                             break End::TimedOut(s);
                         }
@@ -364,6 +422,7 @@ impl Ctx {
             s.terminators.remove(&worker_id);
             s.table.finish(&worker_id, state);
         }
+        self.lock_journal().ended(&worker_id, state);
         self.publish_table();
         let result = LaunchProcess::Result { worker_id: worker_id.clone(), success, message };
         let sent = match state {
@@ -385,6 +444,99 @@ impl Ctx {
         if let Err(e) = sent {
             tracing::warn!(%worker_id, error = %e, "cannot send goal result");
         }
+    }
+}
+
+/// Publish a worker's final `WorkerCallback` and its `Update`.
+fn publish_final(
+    callback_pub: &Publisher<WorkerCallback>,
+    update_pub: &Publisher<Update>,
+    worker_id: &str,
+    done: bool,
+    message: &str,
+    role: &str,
+    stamp: r2r::builtin_interfaces::msg::Time,
+) {
+    let cb = WorkerCallback { worker_id: worker_id.into(), message: message.into(), done, final_: true, stamp: stamp.clone() };
+    if let Err(e) = callback_pub.publish(&cb) {
+        tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
+    }
+    let up = Update { role: role.into(), text: message.into(), worker_id: worker_id.into(), stamp };
+    if let Err(e) = update_pub.publish(&up) {
+        tracing::error!(error = %e, "cannot publish /rosa/updates");
+    }
+}
+
+fn time_of_ns(ns: i64) -> r2r::builtin_interfaces::msg::Time {
+    ros::stamp(UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64))
+}
+
+impl Ctx {
+    /// A restarted process manager ends what its journal says was running: each worker process
+    /// still there is killed (they exit by themselves when their process manager dies: the
+    /// lifeline), and each worker gets its one final callback — its own report if it had arrived,
+    /// else `done=false` "the process manager restarted". The table shows them ended.
+    async fn recover(&self, rec: Recovered) {
+        {
+            let mut s = self.shared.lock().expect("table lock");
+            for e in &rec.ended {
+                s.table.insert(Row {
+                    worker_id: e.worker_id.clone(),
+                    pid: 0,
+                    state: e.state,
+                    system_prompt: e.system_prompt.clone(),
+                    robots: e.robots.clone(),
+                    step: 0,
+                    last_tool: String::new(),
+                    started: UNIX_EPOCH + Duration::from_millis(e.started_ms),
+                });
+            }
+        }
+        if rec.live.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = rec.live.iter().map(|r| r.worker_id.as_str()).collect();
+        tracing::warn!(workers = ?ids, "the process manager restarted: ending the workers its journal says were running");
+        for r in &rec.live {
+            let killed = process::kill_orphan(r.pid, r.start_ticks, Duration::from_secs(2)).await;
+            if killed {
+                tracing::warn!(worker_id = %r.worker_id, pid = r.pid, "a worker of the previous process manager was still running: killed");
+            }
+            let state = match &r.report {
+                Some(rep) => {
+                    if !rep.published {
+                        publish_final(&self.callback_pub, &self.update_pub, &r.worker_id, rep.done, &rep.message, "worker", time_of_ns(rep.stamp_ns));
+                        self.lock_journal().published(&r.worker_id);
+                    }
+                    if rep.done { State::Succeeded } else { State::Failed }
+                }
+                None => {
+                    let message = format!(
+                        "worker {} ended: the process manager restarted while it ran (it had started {}); its outcome is unknown",
+                        r.worker_id,
+                        if r.pid > 0 { format!("as pid {}", r.pid) } else { "no process yet".to_string() }
+                    );
+                    self.publish_outcome(&r.worker_id, false, &message, "system");
+                    State::Failed
+                }
+            };
+            {
+                let mut s = self.shared.lock().expect("table lock");
+                s.table.insert(Row {
+                    worker_id: r.worker_id.clone(),
+                    pid: 0,
+                    state: State::Starting,
+                    system_prompt: r.system_prompt.clone(),
+                    robots: r.robots.clone(),
+                    step: 0,
+                    last_tool: String::new(),
+                    started: UNIX_EPOCH + Duration::from_millis(r.started_ms),
+                });
+                s.table.finish(&r.worker_id, state);
+            }
+            self.lock_journal().ended(&r.worker_id, state);
+        }
+        self.publish_table();
     }
 }
 
@@ -416,12 +568,18 @@ pub async fn run() -> anyhow::Result<()> {
         anyhow::bail!("worker executable {} does not exist (parameter worker_executable)", worker_exe.display());
     }
 
+    // The action's goal/cancel/result services keep 1000 requests (patches/r2r/0201), as do these.
+    let depth = (params.request_depth as usize).max(10);
     let mut goals = node.create_action_server::<LaunchProcess::Action>("/rosa/launch_process")?;
-    let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?;
-    let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?;
+    let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", ros::service_qos(depth))?;
+    let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", ros::service_qos(depth))?;
     let table_pub = node.create_publisher::<ProcessTableMsg>("/rosa/processes", ros::latched())?;
-    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::recent(50))?;
+    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
     let update_pub = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
+
+    let journal_path = crate::journal::state_dir(&params.journal_dir).join("process_manager.journal");
+    let (journal, recovered) = ProcessJournal::open(&journal_path, params.journal_sync, params.keep_ended as usize)
+        .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("the process table's journal: {e}"))))?;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let ctx = Ctx {
@@ -437,7 +595,10 @@ pub async fn run() -> anyhow::Result<()> {
         rules: Arc::new(rules),
         worker_exe: Arc::new(worker_exe),
         pool: Arc::new(Mutex::new(Default::default())),
+        journal: Arc::new(Mutex::new(journal)),
+        lingered: Arc::new(AtomicU64::new(0)),
     };
+    ctx.recover(recovered).await;
     ctx.publish_table();
     ctx.refill_pool();
 
@@ -492,7 +653,7 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(max_processes = ctx.params.max_processes, worker = %ctx.worker_exe.display(), "process manager ready");
+    tracing::info!(max_processes = ctx.params.max_processes, worker = %ctx.worker_exe.display(), journal = %journal_path.display(), "process manager ready");
     ros::shutdown_signal().await;
     tracing::info!("process manager shutting down: terminating workers");
     let senders: Vec<_> = ctx.shared.lock().expect("table lock").terminators.values().cloned().collect();
