@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod kernel_queue;
 pub mod llm;
 pub mod mcp_tools;
+pub mod pacer;
 pub mod process;
 pub mod process_journal;
 pub mod reachy;

@@ -8,7 +8,7 @@ use crate::config::LlmConfig;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -289,6 +289,41 @@ pub async fn kill_orphan(pid: i32, ticks: u64, wait: Duration) -> bool {
     true
 }
 
+/// The Fast DDS shared-memory segments process `pid` owns: `/dev/shm/fastrtps_<id>` whose lock
+/// file `fastrtps_<id>_el` it holds open (a process maps the segments of the writers it reads from
+/// too, but only opens its own segments' lock files). A participant removes its segment when it
+/// is deleted; one that is killed, or exits without deleting it (a worker past its exit bound),
+/// leaves it in /dev/shm (RAM) for good: ~0.5 MB each.
+pub fn owned_shm_segments(pid: i32) -> Vec<PathBuf> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        let Some(name) = target.strip_prefix("/dev/shm").ok().and_then(|n| n.to_str()) else { continue };
+        let Some(id) = name.strip_prefix("fastrtps_").and_then(|n| n.strip_suffix("_el")) else { continue };
+        // Segments have hex ids; ports (fastrtps_port<N>) belong to a port number and are reused.
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.push(PathBuf::from(format!("/dev/shm/fastrtps_{id}")));
+        }
+    }
+    out
+}
+
+/// Remove shared-memory segments (and their lock files) of a process that is gone; returns how
+/// many were still there.
+pub fn remove_shm_segments(segments: &[PathBuf]) -> usize {
+    let mut removed = 0;
+    for seg in segments {
+        if std::fs::remove_file(seg).is_ok() {
+            removed += 1;
+        }
+        let mut lock = seg.clone().into_os_string();
+        lock.push("_el");
+        let _ = std::fs::remove_file(PathBuf::from(lock));
+    }
+    removed
+}
+
 /// Signal the worker's whole process group.
 pub fn signal_group(pid: i32, signal: Signal) {
     if pid > 0 {
@@ -444,6 +479,25 @@ mod tests {
         let status = reaper.await.unwrap().unwrap();
         assert_eq!(describe_exit(Some(status)), "killed by SIGKILL");
         assert!(!kill_orphan(pid, t, Duration::from_secs(1)).await, "gone: nothing to do");
+    }
+
+    #[test]
+    fn owned_shared_memory_segments_are_found_by_their_lock_files() {
+        let id = format!("{:016x}", std::process::id() as u64 * 7919);
+        let seg = PathBuf::from(format!("/dev/shm/fastrtps_{id}"));
+        let lock = PathBuf::from(format!("/dev/shm/fastrtps_{id}_el"));
+        let port = PathBuf::from("/dev/shm/fastrtps_port99999_el");
+        std::fs::write(&seg, b"segment").unwrap();
+        let held = std::fs::File::create(&lock).unwrap();
+        let port_held = std::fs::File::create(&port).unwrap();
+        let mine = owned_shm_segments(std::process::id() as i32);
+        assert!(mine.contains(&seg), "{mine:?}");
+        assert!(!mine.iter().any(|p| p.to_string_lossy().contains("port")), "ports are not segments: {mine:?}");
+        drop((held, port_held));
+        assert_eq!(remove_shm_segments(&[seg.clone()]), 1);
+        assert!(!seg.exists() && !lock.exists());
+        let _ = std::fs::remove_file(&port);
+        assert_eq!(remove_shm_segments(&[seg]), 0, "already gone");
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ pub struct KernelParams {
     /// History depth of the intake (/rosa/command, /rosa/stt/transcript, /rosa/chat requests):
     /// what may arrive at once before the kernel takes it (a burst); each is then queued or refused.
     pub intake_depth: u64,
+    /// History of the kernel's /rosa/updates (its answers and notices): what a transient-local late
+    /// joiner gets. Refusals have a writer of their own, as deep as `intake_depth`.
+    pub updates_history: u64,
 }
 
 impl Default for KernelParams {
@@ -61,6 +64,7 @@ impl Default for KernelParams {
             journal_dir: String::new(),
             journal_sync: true,
             intake_depth: 5000,
+            updates_history: 100,
         }
     }
 }
@@ -68,8 +72,8 @@ impl Default for KernelParams {
 /// Callbacks the kernel can get back from the process manager's history after a restart (the
 /// process manager keeps as many: `nodes::process_manager::CALLBACK_HISTORY`).
 const CALLBACK_HISTORY: usize = 100;
-/// History of /rosa/updates for late joiners.
-const UPDATES_HISTORY: usize = 50;
+/// How long a refusal stays in its writer's history (for subscribers behind in a burst, late joiners).
+const REFUSAL_LIFESPAN: Duration = Duration::from_secs(30);
 
 /// r2r publishers are `Send` but not `Sync`: each sits behind a mutex.
 struct RosOutput {
@@ -107,17 +111,22 @@ struct RosProcesses {
 }
 
 impl RosProcesses {
-    async fn wait_for_server(&self) -> Result<(), String> {
-        if self.server_seen.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let fut = Node::is_available(&self.launch).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, fut).await {
+    /// Wait until `endpoint` (the action or a service of the process manager) is matched. Checked
+    /// before every request: a restarted process manager is a new server, and a request sent
+    /// before it is matched is lost (measured: a launch 1 s after a restart got no answer). When
+    /// it is matched this resolves at the next spin of the node (within 10 ms).
+    async fn wait_for<F>(&self, available: r2r::Result<F>, name: &str) -> Result<(), String>
+    where
+        F: std::future::Future<Output = r2r::Result<()>>,
+    {
+        let fut = available.map_err(|e| e.to_string())?;
+        let wait = if self.server_seen.load(Ordering::Relaxed) { self.timeout } else { self.timeout.max(Duration::from_secs(10)) };
+        match tokio::time::timeout(wait, fut).await {
             Ok(Ok(())) => {
                 self.server_seen.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout.as_secs_f64())),
+            _ => Err(format!("the process manager ({name}) is not available after {:.0} s", wait.as_secs_f64())),
         }
     }
 
@@ -137,7 +146,7 @@ impl RosProcesses {
 #[async_trait::async_trait]
 impl ProcessControl for RosProcesses {
     async fn launch(&self, system_prompt: String, robots: Vec<String>) -> Result<String, String> {
-        self.wait_for_server().await?;
+        self.wait_for(Node::is_available(&self.launch), "/rosa/launch_process").await?;
         let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
         let sent = self.launch.send_goal_request(goal).map_err(|e| e.to_string())?;
         let accepted = match tokio::time::timeout(self.timeout, sent).await {
@@ -168,6 +177,7 @@ impl ProcessControl for RosProcesses {
     }
 
     async fn list(&self) -> Result<Vec<ProcessRow>, String> {
+        self.wait_for(Node::is_available(&self.list), "/rosa/list_processes").await?;
         let req = ListProcesses::Request { include_ended: true };
         let resp = self.request(self.list.request(&req)).await?;
         Ok(resp
@@ -185,6 +195,7 @@ impl ProcessControl for RosProcesses {
     }
 
     async fn terminate(&self, worker_id: String, force: bool) -> Result<String, String> {
+        self.wait_for(Node::is_available(&self.terminate), "/rosa/terminate_process").await?;
         let req = TerminateProcess::Request { worker_id, force };
         let resp = self.request(self.terminate.request(&req)).await?;
         if resp.ok {
@@ -233,14 +244,19 @@ struct Intake {
     chat: Option<ChatCall>,
 }
 
-fn answer_chat(req: r2r::ServiceRequest<Chat::Service>, resp: Chat::Response) {
+type SharedPacer = Arc<std::sync::Mutex<crate::pacer::Pacer>>;
+
+/// Answer a chat call, paced: every client of the service receives every response (rmw_fastrtps),
+/// so a burst of answers would push some callers' own answers out of their readers (`pacer`).
+async fn answer_chat(pacer: &SharedPacer, req: r2r::ServiceRequest<Chat::Service>, resp: Chat::Response) {
+    crate::pacer::paced(pacer).await;
     if let Err(e) = req.respond(resp) {
         tracing::error!(error = %e, "cannot answer /rosa/chat");
     }
 }
 
 /// Hand a batch of arrivals to the queue (one journal write); say out loud what is refused.
-fn offer(queue: &KernelQueue, updates: &Publisher<Update>, batch: Vec<Intake>) {
+fn offer(queue: &KernelQueue, updates: &Publisher<Update>, pacer: &SharedPacer, batch: Vec<Intake>) {
     let mut chats = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     for Intake { event, key, chat } in batch {
@@ -251,13 +267,14 @@ fn offer(queue: &KernelQueue, updates: &Publisher<Update>, batch: Vec<Intake>) {
         let (event, why) = match outcome {
             Ok(()) => {
                 if let Some((req, reply)) = chat {
+                    let pacer = pacer.clone();
                     tokio::spawn(async move {
                         let resp = match reply.await {
                             Ok(Ok(text)) => Chat::Response { success: true, reply: text },
                             Ok(Err(e)) => Chat::Response { success: false, reply: e },
                             Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
                         };
-                        answer_chat(req, resp);
+                        answer_chat(&pacer, req, resp).await;
                     });
                 }
                 continue;
@@ -271,18 +288,19 @@ fn offer(queue: &KernelQueue, updates: &Publisher<Update>, batch: Vec<Intake>) {
         };
         refuse(updates, &event, &why);
         if let Some((req, _)) = chat {
-            answer_chat(req, Chat::Response { success: false, reply: why });
+            let pacer = pacer.clone();
+            tokio::spawn(async move { answer_chat(&pacer, req, Chat::Response { success: false, reply: why }).await });
         }
     }
 }
 
 /// Feed `stream` to the queue, a burst at a time (whatever has arrived is journaled in one write).
-fn forward<S>(stream: S, queue: Arc<KernelQueue>, updates: Publisher<Update>) -> tokio::task::JoinHandle<()>
+fn forward<S>(stream: S, queue: Arc<KernelQueue>, updates: Publisher<Update>, pacer: SharedPacer) -> tokio::task::JoinHandle<()>
 where
     S: futures::Stream<Item = Intake> + Send + Unpin + 'static,
 {
     tokio::spawn(stream.ready_chunks(INTAKE_BATCH).for_each(move |batch| {
-        offer(&queue, &updates, batch);
+        offer(&queue, &updates, &pacer, batch);
         futures::future::ready(())
     }))
 }
@@ -317,7 +335,12 @@ pub async fn run() -> anyhow::Result<()> {
     let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
     let chats = node.create_service::<Chat::Service>("/rosa/chat", ros::service_qos(depth))?;
     let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
-    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(UPDATES_HISTORY))?;
+    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent((params.updates_history as usize).max(1)))?;
+    // Refusals have a writer of their own on /rosa/updates: a burst of commands is a burst of
+    // refusals, which a subscriber that falls behind gets back from this writer's history (as deep
+    // as the intake; measured: with 1000, a subscriber lost ~100 of a 5000 burst, with 5000 none).
+    // Each is kept REFUSAL_LIFESPAN, so the history is empty again once a burst is over.
+    let refusals = node.create_publisher::<Update>("/rosa/updates", ros::burst(depth, REFUSAL_LIFESPAN))?;
     let processes = RosProcesses {
         launch: node.create_action_client::<LaunchProcess::Action>("/rosa/launch_process")?,
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
@@ -353,9 +376,10 @@ pub async fn run() -> anyhow::Result<()> {
         Duration::from_secs_f64(params.reachability_period_sec.max(0.5)),
     ));
 
+    let pacer: SharedPacer = Arc::new(std::sync::Mutex::new(crate::pacer::Pacer::for_responses()));
     let plain = |event| Intake { event, key: None, chat: None };
-    forward(commands.map(move |m| plain(Event::command(&m.data))), queue.clone(), updates.clone());
-    forward(transcripts.map(move |m| plain(Event::transcript(&m.text))), queue.clone(), updates.clone());
+    forward(commands.map(move |m| plain(Event::command(&m.data))), queue.clone(), refusals.clone(), pacer.clone());
+    forward(transcripts.map(move |m| plain(Event::transcript(&m.text))), queue.clone(), refusals.clone(), pacer.clone());
     let callbacks = callbacks.filter_map(move |m| {
         // A first start (no journal) does not take up callbacks of an earlier session that the
         // process manager still holds in its history: nobody here asked for them.
@@ -366,14 +390,15 @@ pub async fn run() -> anyhow::Result<()> {
         let key = callback_key(&m.worker_id, m.final_, stamp_ns(&m.stamp), &m.message);
         futures::future::ready((!stale).then(|| Intake { event: Event::worker_callback(&m.worker_id, &m.message, m.done), key: Some(key), chat: None }))
     });
-    forward(Box::pin(callbacks), queue.clone(), updates.clone());
+    forward(Box::pin(callbacks), queue.clone(), refusals.clone(), pacer.clone());
     forward(
         chats.map(|req| {
             let (event, reply) = Event::chat(&req.message.prompt);
             Intake { event, key: None, chat: Some((req, reply)) }
         }),
         queue.clone(),
-        updates.clone(),
+        refusals,
+        pacer,
     );
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };

@@ -295,6 +295,9 @@ impl Ctx {
             SpawnFailed(String),
         }
         let mut final_report: Option<(bool, String)> = None;
+        let mut reported_at: Option<std::time::Instant> = None;
+        // The worker's DDS shared memory, noted while it runs: removed if it is left behind.
+        let mut shm: Vec<PathBuf> = Vec::new();
         let started = match self.take_warm() {
             Some(w) => w.assign(&spec).await,
             None => process::spawn_worker(&self.worker_exe, &[], &spec).await,
@@ -323,6 +326,7 @@ impl Ctx {
                                     feedback(&handle, &worker_id, "running", 0, "");
                                 }
                                 Ok(WorkerReport::Step { step, tool }) => {
+                                    shm = process::owned_shm_segments(w.pid);
                                     let tool = tool.unwrap_or_default();
                                     let (step, last) = self.with_table(|t| {
                                         let mut out = (step, String::new());
@@ -336,6 +340,7 @@ impl Ctx {
                                     feedback(&handle, &worker_id, "running", step, &last);
                                 }
                                 Ok(WorkerReport::Final { done, message }) => {
+                                    shm = process::owned_shm_segments(w.pid);
                                     // Published at once: the kernel need not wait for the exit. The
                                     // task is over, so it no longer counts against max_processes
                                     // while the process winds down its ROS node.
@@ -345,6 +350,7 @@ impl Ctx {
                                     final_report = Some((done, message));
                                     linger.as_mut().reset(tokio::time::Instant::now() + exit_grace);
                                     lingering = true;
+                                    reported_at = Some(std::time::Instant::now());
                                 }
                                 Err(_) => tracing::debug!(%worker_id, %line, "non-report output from worker"),
                             },
@@ -380,6 +386,11 @@ impl Ctx {
             }
         };
 
+        let leaked = process::remove_shm_segments(&shm);
+        if leaked > 0 {
+            tracing::info!(%worker_id, segments = leaked, "removed the DDS shared memory the worker left behind");
+        }
+
         // What happened, and whether the kernel still needs to hear about it.
         let reported = final_report.is_some();
         let cancelled = matches!(end, End::Cancelled(_));
@@ -413,7 +424,11 @@ impl Ctx {
                 !reported,
             ),
         };
-        tracing::info!(%worker_id, state = state.as_str(), %message, "worker ended");
+        match reported_at {
+            // How long the process took to be gone once it had reported (bench soak reads this).
+            Some(t) => tracing::info!(%worker_id, state = state.as_str(), exit_after_report_ms = format!("{:.1}", t.elapsed().as_secs_f64() * 1e3), %message, "worker ended"),
+            None => tracing::info!(%worker_id, state = state.as_str(), %message, "worker ended"),
+        }
         if needs_callback {
             self.publish_outcome(&worker_id, false, &message, "system");
         }
@@ -604,8 +619,15 @@ pub async fn run() -> anyhow::Result<()> {
 
     {
         let ctx = ctx.clone();
+        // Paced: an action client receives the goal responses meant for every client, so a burst
+        // of rejections would push a caller's own answer out of its reader (crate::pacer).
+        let mut pacer = crate::pacer::Pacer::for_responses();
         tokio::spawn(async move {
             while let Some(req) = goals.next().await {
+                let wait = pacer.reserve();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 ctx.on_goal_request(req);
             }
         });
@@ -613,7 +635,12 @@ pub async fn run() -> anyhow::Result<()> {
     {
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let mut pacer = crate::pacer::Pacer::for_responses();
             while let Some(req) = lists.next().await {
+                let wait = pacer.reserve();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let resp = {
                     let s = ctx.shared.lock().expect("table lock");
                     ListProcesses::Response {

@@ -96,6 +96,11 @@ const EXIT_ORPHANED: i32 = 75;
 /// Leave now: stdout is flushed, and nothing else (atexit handlers, DDS's static destructors) runs.
 fn exit_now(code: i32) -> ! {
     let _ = std::io::stdout().flush();
+    // A participant not (fully) deleted leaves its shared-memory segment behind: remove ours.
+    let left = crate::process::remove_shm_segments(&crate::process::owned_shm_segments(std::process::id() as i32));
+    if left > 0 {
+        tracing::debug!(segments = left, "removed this worker's leftover DDS shared memory");
+    }
     // SAFETY: _exit ends the process at once; nothing of ours needs to run after this.
     unsafe { libc::_exit(code) }
 }
