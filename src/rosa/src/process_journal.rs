@@ -163,8 +163,9 @@ impl ProcessJournal {
         self.record(Record::Accepted { row }, true);
     }
 
+    /// Not synced: after a power cut no worker is running anyway; after a crash the write is there.
     pub fn spawned(&mut self, worker_id: &str, pid: i32, start_ticks: u64) {
-        self.record(Record::Spawned { worker_id: worker_id.into(), pid, start_ticks }, true);
+        self.record(Record::Spawned { worker_id: worker_id.into(), pid, start_ticks }, false);
     }
 
     /// The worker's final callback is about to be published.

@@ -72,6 +72,8 @@ impl Default for KernelParams {
 /// Callbacks the kernel can get back from the process manager's history after a restart (the
 /// process manager keeps as many: `nodes::process_manager::CALLBACK_HISTORY`).
 const CALLBACK_HISTORY: usize = 100;
+/// How long a launch waits for its answer before it asks whether the worker exists after all.
+const LAUNCH_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How long a refusal stays in its writer's history (for subscribers behind in a burst, late joiners).
 const REFUSAL_LIFESPAN: Duration = Duration::from_secs(30);
 
@@ -130,6 +132,18 @@ impl RosProcesses {
         }
     }
 
+    /// Is `worker_id` in the process manager's table (running or ended)?
+    async fn has_worker(&self, worker_id: &str) -> bool {
+        if self.wait_for(Node::is_available(&self.list), "/rosa/list_processes").await.is_err() {
+            return false;
+        }
+        let req = ListProcesses::Request { include_ended: true };
+        match self.request(self.list.request(&req)).await {
+            Ok(t) => t.processes.iter().any(|p| p.worker_id == worker_id),
+            Err(_) => false,
+        }
+    }
+
     async fn request<S, F>(&self, fut: Result<F, r2r::Error>) -> Result<S, String>
     where
         F: std::future::Future<Output = Result<S, r2r::Error>>,
@@ -148,10 +162,27 @@ impl ProcessControl for RosProcesses {
     async fn launch(&self, system_prompt: String, robots: Vec<String>) -> Result<String, String> {
         self.wait_for(Node::is_available(&self.launch), "/rosa/launch_process").await?;
         let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
-        let sent = self.launch.send_goal_request(goal).map_err(|e| e.to_string())?;
-        let accepted = match tokio::time::timeout(self.timeout, sent).await {
+        // The goal id is ours, so the worker can be found if the answer is lost (patches/r2r/0202).
+        let uuid = r2r::uuid::Uuid::new_v4();
+        let worker_id = worker_id_for_goal(uuid.as_bytes());
+        let sent = self.launch.send_goal_request_with_uuid(uuid, goal).map_err(|e| e.to_string())?;
+        tokio::pin!(sent);
+        let first = self.timeout.min(LAUNCH_ANSWER_WAIT);
+        let accepted = match tokio::time::timeout(first, &mut sent).await {
             Ok(r) => r,
-            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+            Err(_) => {
+                // A process manager that has just (re)started may answer before it has matched
+                // our reader: the answer is then lost, while the worker runs. Ask its table.
+                if self.has_worker(&worker_id).await {
+                    tracing::warn!(%worker_id, "the answer to launch_process was lost, but the process manager has the worker");
+                    return Ok(worker_id);
+                }
+                match tokio::time::timeout(self.timeout.saturating_sub(first), &mut sent).await {
+                    Ok(r) => r,
+                    Err(_) if self.has_worker(&worker_id).await => return Ok(worker_id),
+                    Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+                }
+            }
         };
         match accepted {
             Ok((handle, result, feedback)) => {
