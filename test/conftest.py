@@ -89,6 +89,10 @@ class Peer:
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.lock = threading.Lock()
+        # Held while the executor spins: rclpy's ActionClient.send_goal_async registers its future
+        # only after sending the request, so a fast server's reply taken by the spinning thread in
+        # between is dropped ("Ignoring unexpected goal response") and the caller waits forever.
+        self.spin_lock = threading.RLock()
         self.msgs = defaultdict(list)
         self._pubs = {}
         self._clients = {}
@@ -98,7 +102,8 @@ class Peer:
 
     def _spin(self):
         while not self._stop and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.02)
+            with self.spin_lock:
+                self.executor.spin_once(timeout_sec=0.02)
 
     def listen(self, topic, msg_type, qos=None, publishers=0, timeout=15.0):
         """Subscribe; with `publishers`, also wait until that many publishers of the topic are
@@ -161,10 +166,20 @@ class Peer:
     def action_client(self, action_type, name, timeout=15.0):
         key = ("action", action_type, name)
         if key not in self._clients:
-            self._clients[key] = ActionClient(self.node, action_type, name)
+            client = ActionClient(self.node, action_type, name)
+            # The same holds for cancel and result requests: send them while the executor is idle.
+            for method in ("send_goal_async", "_cancel_goal_async", "_get_result_async"):
+                setattr(client, method, self._between_spins(getattr(client, method)))
+            self._clients[key] = client
         client = self._clients[key]
         wait_until(client.server_is_ready, timeout, f"action server {name}")
         return client
+
+    def _between_spins(self, send):
+        def locked(*args, **kwargs):
+            with self.spin_lock:
+                return send(*args, **kwargs)
+        return locked
 
     @staticmethod
     def wait_future(fut, timeout=15.0, what="a future"):

@@ -1,4 +1,4 @@
-"""`./rosa up`: run the rosa graph on this machine, supervised.
+r"""`./rosa up`: run the rosa graph on this machine, supervised.
 
 By default the Reachy Mini daemon runs in headless mockup simulation (`--sim mujoco` for physics,
 `--reachy-url URL` for a real robot's daemon, `--no-sim` for no robot); once it reports
@@ -6,8 +6,10 @@ By default the Reachy Mini daemon runs in headless mockup simulation (`--sim muj
 
 Every node runs as a child process with the parameters of config/rosa.yaml (plus the overrides given
 on the command line); its output goes to the terminal, prefixed with the node's name, and to
-<log dir>/<node>.log. A node that dies is restarted after a delay that grows while it keeps dying
-(like launch_ros's respawn=True), unless it exits with code 78 (a configuration error such as a
+<log dir>/<node>.log, one line per line with control characters escaped (`\n`, `\u{1b}`…), so that
+nothing a node prints (a command's text in its log, say) can forge a line or drive the terminal. A
+node that dies is restarted after a delay that grows while it keeps dying (like launch_ros's
+respawn=True), unless it exits with code 78 (a configuration error such as a
 missing speech model: restarting cannot fix it). Ctrl-C (or SIGTERM) stops every node: SIGINT, then
 SIGKILL after a grace period.
 """
@@ -15,6 +17,7 @@ SIGKILL after a grace period.
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EXIT_CONFIG = 78  # a node's configuration is wrong: do not restart it (see rosa::node_main)
 COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
+# What could break a line or drive the terminal (as rosa::logging::is_unsafe): C0/C1 controls, DEL,
+# line/paragraph separators, bidirectional formatting.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text):
+    """`text` with its control characters escaped: one line, inert in a terminal."""
+    return UNSAFE.sub(lambda m: NAMED.get(m.group(), "\\u{%x}" % ord(m.group())), text)
 
 
 class Supervised:
@@ -41,23 +53,25 @@ class Supervised:
         self.stopping = False
 
     def say(self, line):
+        line = escape(line[:-1] if line.endswith("\n") else line)
         with self.out_lock:
-            sys.stdout.write(self.prefix + line + ("\n" if not line.endswith("\n") else ""))
+            sys.stdout.write(self.prefix + line + "\n")
             sys.stdout.flush()
-        self.log.write(line if line.endswith("\n") else line + "\n")
+        self.log.write(line + "\n")
 
     def start(self):
         if self.stopping:
             return
         self.say(f"starting: {' '.join(self.argv)}")
+        # Bytes, split on "\n" only: a "\r" inside a line is escaped, not taken for a line end.
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.started = time.monotonic()
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
 
     def _pump(self, proc):
-        for line in proc.stdout:
-            self.say(line)
+        for raw in proc.stdout:
+            self.say(raw.decode("utf-8", errors="replace"))
 
     def check(self):
         """Restart the node if it died (with a growing delay if it keeps dying)."""

@@ -158,8 +158,9 @@ class ReachyDaemon:
 class McpClient:
     """A persistent MCP session (the `mcp` package's streamable-HTTP client) on a background loop."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, headers: dict | None = None):
         self.url = url
+        self.headers = headers
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.session = None
@@ -178,7 +179,11 @@ class McpClient:
 
         async def open_session(started: asyncio.Future, stop: asyncio.Event):
             try:
-                async with streamable_http_client(self.url) as (r, w, _):
+                http = None
+                if self.headers:
+                    from mcp.shared._httpx_utils import create_mcp_http_client
+                    http = create_mcp_http_client(headers=self.headers)
+                async with streamable_http_client(self.url, http_client=http) as (r, w, _):
                     async with ClientSession(r, w) as s:
                         await s.initialize()
                         self.session = s

@@ -83,6 +83,11 @@ impl Memory {
         }
     }
 
+    /// A new token budget (a parameter set at run time); applied from the next turn on.
+    pub fn set_budget(&mut self, budget_tokens: usize) {
+        self.budget_tokens = budget_tokens;
+    }
+
     pub fn set_system(&mut self, system: impl Into<String>) {
         self.system = system.into();
     }

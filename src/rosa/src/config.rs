@@ -85,7 +85,7 @@ pub struct Provider {
 }
 
 /// The LLM client's parameters (`llm.*`), shared by the kernel, the process manager and workers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct LlmConfig {
     /// Provider base URLs in order of preference; the first reachable one is used.
@@ -95,13 +95,19 @@ pub struct LlmConfig {
     /// Environment variable holding each provider's key ("" = none; the last one is reused).
     pub key_envs: Vec<String>,
     /// Whole-request timeout, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub timeout_sec: f64,
     /// Connection timeout, seconds (a provider that does not answer is failed over quickly).
+    #[schemars(range(min = 0.1, max = 600.0))]
     pub connect_timeout_sec: f64,
     /// Retries on 429 and 5xx before falling over to the next provider.
+    #[schemars(range(min = 0, max = 10))]
     pub max_retries: u32,
     /// First backoff delay, seconds (doubles on each retry).
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub backoff_sec: f64,
+    /// Sampling temperature of the model.
+    #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: f64,
 }
 

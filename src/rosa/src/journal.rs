@@ -181,13 +181,7 @@ pub fn state_dir(configured: &str) -> PathBuf {
     if !configured.is_empty() {
         return PathBuf::from(configured);
     }
-    let base = match std::env::var_os("ROSA_DATA_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => match std::env::var_os("HOME") {
-            Some(h) => PathBuf::from(h).join(".local/share/rosa"),
-            None => PathBuf::from("/tmp/rosa"),
-        },
-    };
+    let base = crate::data_dir::default_root();
     let domain = std::env::var("ROS_DOMAIN_ID").ok().filter(|d| !d.trim().is_empty()).unwrap_or_else(|| "0".into());
     base.join("state").join(format!("domain{}", domain.trim()))
 }

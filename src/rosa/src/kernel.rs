@@ -173,9 +173,13 @@ impl ToolBox for KernelTools {
                         known.join(", ")
                     ));
                 }
-                match self.processes.launch(a.system_prompt, a.robots).await {
+                // A NUL cannot cross into rcl: the worker gets ␀ instead, and the model is told.
+                let nuls = a.system_prompt.matches('\0').count();
+                let prompt = crate::input::ros_name(&a.system_prompt).into_owned();
+                let note = if nuls > 0 { format!(" (note: {nuls} NUL character(s) in system_prompt were replaced by ␀)") } else { String::new() };
+                match self.processes.launch(prompt, a.robots).await {
                     Ok(id) => ToolOutput::ok(format!(
-                        "launched worker_id={id}; it will report back with a [Worker callback]"
+                        "launched worker_id={id}; it will report back with a [Worker callback]{note}"
                     )),
                     Err(e) => ToolOutput::error(format!("launch failed: {e}")),
                 }
@@ -229,19 +233,33 @@ pub fn render_prompt(template: &str, robots: &[Robot]) -> String {
     template.replace("{robots}", &list)
 }
 
+/// The agent's limits, which may change while the kernel runs (the kernel's parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_steps: u32,
+    pub memory_tokens: usize,
+}
+
 /// The kernel: consumes the queue in order, one event at a time.
 pub struct Kernel<M: ChatModel + ?Sized> {
     pub agent: Agent<M>,
     pub tools: KernelTools,
     pub prompt_template: String,
     seq: u64,
+    limits: Option<watch::Receiver<Limits>>,
 }
 
 impl<M: ChatModel + ?Sized> Kernel<M> {
     pub fn new(agent: Agent<M>, tools: KernelTools, prompt_template: String) -> Self {
-        let mut k = Self { agent, tools, prompt_template, seq: 0 };
+        let mut k = Self { agent, tools, prompt_template, seq: 0, limits: None };
         k.refresh_prompt();
         k
+    }
+
+    /// Take new [`Limits`] from `limits` whenever they change, from the next event on.
+    pub fn with_limits(mut self, limits: watch::Receiver<Limits>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     fn refresh_prompt(&mut self) {
@@ -273,6 +291,11 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
     ) -> Result<String, String> {
         self.seq += 1;
         out.event(self.seq, event.source, &event.text, event.received);
+        if let Some(rx) = self.limits.as_mut().filter(|rx| rx.has_changed().unwrap_or(false)) {
+            let l = *rx.borrow_and_update();
+            self.agent.max_steps = l.max_steps.max(1);
+            self.agent.memory.set_budget(l.memory_tokens);
+        }
         if self.tools.robots.has_changed().unwrap_or(false) {
             self.tools.robots.borrow_and_update();
             self.refresh_prompt();

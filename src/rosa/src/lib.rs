@@ -3,13 +3,19 @@
 //! The logic lives in r2r-free modules (unit-tested without ROS); `nodes` wires it to ROS.
 pub mod agent;
 pub mod config;
+pub mod data_dir;
+pub mod dynmsg;
 pub mod http;
+pub mod input;
 pub mod journal;
 pub mod kernel;
 pub mod kernel_queue;
 pub mod llm;
+pub mod logging;
+pub mod mcp_server;
 pub mod mcp_tools;
 pub mod pacer;
+pub mod params;
 pub mod process;
 pub mod process_journal;
 pub mod reachy;
@@ -19,6 +25,9 @@ pub mod worker;
 
 pub mod nodes;
 pub mod ros;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 /// The exit code of a node whose configuration is wrong (`EX_CONFIG`): supervisors do not
 /// restart it (tools/supervise.py).

@@ -5,6 +5,7 @@
 
 use crate::agent::{ToolBox, ToolOutput};
 use crate::llm::ToolSpec;
+use crate::process::RobotToken;
 use rmcp::model::{CallToolRequestParams, ClientConfig};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -42,17 +43,19 @@ pub struct McpToolBox {
 
 impl McpToolBox {
     /// Connect to every robot `(name, url)` (concurrently, over the shared `http` client) and list
-    /// its tools.
+    /// its tools; a robot with an entry in `tokens` is sent `Authorization: Bearer <token>`.
     pub async fn connect(
         robots: &[(String, String)],
+        tokens: &[RobotToken],
         call_timeout: Duration,
         http: &reqwest::Client,
     ) -> Result<Self, McpError> {
         let connects = robots.iter().map(|(robot, url)| async move {
-            let transport = StreamableHttpClientTransport::with_client(
-                http.clone(),
-                StreamableHttpClientTransportConfig::with_uri(url.clone()),
-            );
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+            if let Some(t) = tokens.iter().find(|t| &t.robot == robot) {
+                config = config.auth_header(t.token.clone());
+            }
+            let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
             let client = tokio::time::timeout(Duration::from_secs(10), ClientConfig::default().serve(transport))
                 .await
                 .map_err(|_| McpError::Connect { robot: robot.clone(), url: url.clone(), message: "timed out".into() })?

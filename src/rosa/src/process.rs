@@ -25,6 +25,22 @@ pub struct WorkerSpec {
     pub max_steps: u32,
     pub tool_timeout_sec: f64,
     pub llm: LlmConfig,
+    /// Bearer tokens for the robots' MCP servers that need one (rosa's own, see `mcp_server`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub robot_tokens: Vec<RobotToken>,
+}
+
+/// The bearer token a worker sends to one robot's MCP server (never printed by `Debug`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobotToken {
+    pub robot: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for RobotToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobotToken").field("robot", &self.robot).field("token", &"(redacted)").finish()
+    }
 }
 
 /// A worker's progress, one JSON line each on its stdout.
@@ -103,6 +119,13 @@ impl ProcessTable {
         Self { max_processes, keep_ended, rows: Vec::new() }
     }
 
+    /// New limits (parameters set at run time): running processes are kept; ended rows beyond
+    /// `keep_ended` go when the next process ends.
+    pub fn set_limits(&mut self, max_processes: usize, keep_ended: usize) {
+        self.max_processes = max_processes;
+        self.keep_ended = keep_ended;
+    }
+
     pub fn live_count(&self) -> usize {
         self.rows.iter().filter(|r| r.state.is_live()).count()
     }
@@ -148,6 +171,13 @@ impl ProcessTable {
             let drop: Vec<String> = ended[..ended.len() - self.keep_ended].to_vec();
             self.rows.retain(|r| !drop.contains(&r.worker_id));
         }
+    }
+
+    /// [`Self::snapshot`] without copying the rows (their prompts may be megabytes).
+    pub fn rows_in_order(&self, include_ended: bool) -> Vec<&Row> {
+        let live = self.rows.iter().filter(|r| r.state.is_live());
+        let ended = self.rows.iter().filter(|r| include_ended && !r.state.is_live());
+        live.chain(ended).collect()
     }
 
     /// Live rows first (oldest first), then ended ones (most recent last).
@@ -362,6 +392,30 @@ pub fn describe_exit(status: Option<ExitStatus>) -> String {
     }
 }
 
+/// Run `task`; if it panics (or is aborted), call `on_failure` with why. For the process
+/// manager's goal tasks: whatever happens inside one, its goal still ends and its slot is freed.
+pub fn spawn_supervised<F>(task: F, on_failure: impl FnOnce(String) + Send + 'static) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let inner = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = inner.await {
+            let why = if e.is_panic() {
+                let p = e.into_panic();
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .map(|m| format!("panicked: {m}"))
+                    .unwrap_or_else(|| "panicked".into())
+            } else {
+                e.to_string()
+            };
+            on_failure(why);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +452,8 @@ mod tests {
             t.finish(&id, State::Failed);
         }
         assert_eq!(t.snapshot(true).len(), 4, "1 live + 3 ended");
+        assert_eq!(t.rows_in_order(true).into_iter().cloned().collect::<Vec<_>>(), t.snapshot(true));
+        assert_eq!(t.rows_in_order(false).len(), 1);
         assert_eq!(t.snapshot(false).len(), 1);
         assert_eq!(t.snapshot(true).last().unwrap().worker_id, "x9");
         assert_eq!(t.get("x9").unwrap().pid, 0);
@@ -419,6 +475,7 @@ mod tests {
             max_steps: 1,
             tool_timeout_sec: 1.0,
             llm: LlmConfig::default(),
+            robot_tokens: vec![],
         }
     }
 
@@ -498,6 +555,23 @@ mod tests {
         assert!(!seg.exists() && !lock.exists());
         let _ = std::fs::remove_file(&port);
         assert_eq!(remove_shm_segments(&[seg]), 0, "already gone");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_reported() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let h = spawn_supervised(async { panic!("a NUL in a C string") }, move |why| {
+            let _ = tx.send(why);
+        });
+        h.await.unwrap();
+        assert_eq!(rx.await.unwrap(), "panicked: a NUL in a C string");
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<String>();
+        spawn_supervised(async {}, move |why| {
+            let _ = tx.send(why);
+        })
+        .await
+        .unwrap();
+        assert!(rx.try_recv().is_err(), "no failure, no report");
     }
 
     #[tokio::test]

@@ -1,15 +1,21 @@
 //! Small pieces every node needs from r2r: spinning, parameters, time stamps, QoS, logging.
 
-use r2r::{builtin_interfaces::msg::Time, Node, ParameterValue, QosProfile};
+use crate::params::{self, Declared, Kind, NodeParams, Range};
+use futures::StreamExt;
+use r2r::{builtin_interfaces::msg::Time, Node, ParameterValue, Publisher, QosProfile};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
-/// `tracing` to stderr, `RUST_LOG` to filter (default `info`).
+/// `tracing` to stderr (`RUST_LOG` to filter, default `info`), one escaped line per event (see
+/// [`crate::logging`]), and to `/rosout` once [`attach_rosout`] has a publisher for it.
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     // whisper.cpp logs every load step at info: keep it at warnings unless RUST_LOG names it.
@@ -18,7 +24,100 @@ pub fn init_tracing() {
             filter = filter.add_directive(d);
         }
     }
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).try_init();
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .fmt_fields(crate::logging::EscapedFields);
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(RosoutLayer).try_init();
+}
+
+/// `/rosout`: at most this many messages in a burst, and this many per second on average; a message
+/// longer than `ROSOUT_MAX_BYTES` is cut. What is not published stays in the stderr log.
+pub const ROSOUT_BURST: u32 = 100;
+pub const ROSOUT_PER_SEC: f64 = 20.0;
+pub const ROSOUT_MAX_BYTES: usize = 4096;
+
+/// Where events go once [`attach_rosout`] ran: the node's logger name (`rosa.kernel`), its
+/// `/rosout` publisher and the rate limit.
+struct Rosout {
+    logger: String,
+    out: std::sync::Mutex<(Publisher<r2r::rcl_interfaces::msg::Log>, crate::logging::RateLimit)>,
+}
+
+static ROSOUT: std::sync::OnceLock<Rosout> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// Set while an event is being published (an event raised meanwhile is not published again).
+    static FORWARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Publishes `tracing` events on `/rosout` (`rcl_interfaces/msg/Log`, `name` the node's logger
+/// name, e.g. `rosa.kernel`, as rclcpp's nodes do), rate-limited.
+struct RosoutLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RosoutLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        use crate::logging::Admit;
+        use r2r::rcl_interfaces::msg::Log;
+        let Some(rosout) = ROSOUT.get() else { return };
+        if FORWARDING.with(|f| f.replace(true)) {
+            return; // raised while publishing (r2r's own logging): not again
+        }
+        let meta = event.metadata();
+        let level = match *meta.level() {
+            tracing::Level::TRACE | tracing::Level::DEBUG => Log::DEBUG as u8,
+            tracing::Level::INFO => Log::INFO as u8,
+            tracing::Level::WARN => Log::WARN as u8,
+            tracing::Level::ERROR => Log::ERROR as u8,
+        };
+        if let Ok(mut out) = rosout.out.lock() {
+            if let Admit::Send { dropped } = out.1.admit(std::time::Instant::now()) {
+                let log = |level: u8, msg: String, file: &str, function: &str, line: u32| Log {
+                    stamp: now(),
+                    level,
+                    name: rosout.logger.clone(),
+                    msg,
+                    file: file.to_string(),
+                    function: function.to_string(),
+                    line,
+                };
+                if dropped > 0 {
+                    let note = format!(
+                        "{dropped} log messages were not published on /rosout (more than {ROSOUT_BURST} at once or \
+                         {ROSOUT_PER_SEC}/s); the node's stderr log has them"
+                    );
+                    let _ = out.0.publish(&log(Log::WARN as u8, note, file!(), module_path!(), line!()));
+                }
+                let text = crate::logging::event_text(event);
+                let msg = crate::logging::clip(&text, ROSOUT_MAX_BYTES).into_owned();
+                let file = meta.file().unwrap_or_default();
+                let _ = out.0.publish(&log(level, msg, file, meta.module_path().unwrap_or(meta.target()), meta.line().unwrap_or(0)));
+            }
+        }
+        FORWARDING.with(|f| f.set(false));
+    }
+}
+
+/// From now on every `tracing` event of this process also goes to `/rosout` under `node`'s
+/// logger name (rate-limited: [`ROSOUT_BURST`], [`ROSOUT_PER_SEC`]), unless the node was started
+/// with `--ros-args --disable-rosout-logs`. Call once, after the node is created. (rcl of Jazzy
+/// leaves the node's `/rosout` publisher to the client library; r2r has none.)
+pub fn attach_rosout(node: &mut Node) {
+    // SAFETY: a plain getter of rcl's logging configuration, set up in Context::create.
+    if !unsafe { r2r_rcl::rcl_logging_rosout_enabled() } {
+        return;
+    }
+    // rcl's rosout QoS: reliable, transient-local, keep last 1000, 10 s lifespan.
+    let mut qos = QosProfile::default().reliable().transient_local().keep_last(1000);
+    qos.lifespan = Duration::from_secs(10);
+    match node.create_publisher::<r2r::rcl_interfaces::msg::Log>("/rosout", qos) {
+        Ok(p) => {
+            let out = std::sync::Mutex::new((p, crate::logging::RateLimit::new(ROSOUT_BURST, ROSOUT_PER_SEC)));
+            let _ = ROSOUT.set(Rosout { logger: node.logger().to_string(), out });
+        }
+        Err(e) => tracing::warn!(error = %e, "no /rosout publisher: logs go to stderr only"),
+    }
 }
 
 /// The node, spun in its own thread until [`Spinner::stop`].
@@ -90,7 +189,9 @@ fn from_json(v: &Value) -> Option<ParameterValue> {
 
 /// Read the node's parameters (params file and `-p` overrides) into `T`, write the effective values
 /// back as the node's parameters (so `ros2 param list/get` show them, defaults included), and serve
-/// the parameter services.
+/// r2r's parameter services, which accept any set without applying it. The rosa nodes use
+/// [`declare_params`] instead; this stays for a node whose struct is not yet a
+/// [`NodeParams`].
 pub fn load_config<T>(node: &mut Node) -> anyhow::Result<T>
 where
     T: serde::de::DeserializeOwned + Serialize,
@@ -119,6 +220,280 @@ where
     let (handler, _changes) = node.make_parameter_handler()?;
     tokio::spawn(handler);
     Ok(config)
+}
+
+/// A node's declared parameters (see [`crate::params`]): the current values, and what to do when
+/// they are set at run time.
+pub struct Params<T> {
+    rx: watch::Receiver<T>,
+    hooks: Hooks<T>,
+}
+
+type Hooks<T> = Arc<std::sync::Mutex<Vec<Box<dyn Fn(&T) + Send>>>>;
+
+impl<T: Clone> Params<T> {
+    /// The current values.
+    pub fn current(&self) -> T {
+        self.rx.borrow().clone()
+    }
+
+    /// The values, updated on every accepted set.
+    pub fn watch(&self) -> watch::Receiver<T> {
+        self.rx.clone()
+    }
+
+    /// Call `f` with the new values on every accepted set, before the set is answered (so the
+    /// change has taken effect when `ros2 param set` says it succeeded).
+    pub fn on_change(&self, f: impl Fn(&T) + Send + 'static) {
+        if let Ok(mut h) = self.hooks.lock() {
+            h.push(Box::new(f));
+        }
+    }
+}
+
+/// Declare the node's parameters from `T` (types, descriptions, ranges, read-only), with the values
+/// of the params files and `-p` overrides, and serve the six `rcl_interfaces` parameter services
+/// and `/parameter_events`. A value that does not fit is a configuration error (exit code 78).
+pub fn declare_params<T: NodeParams>(node: &mut Node) -> anyhow::Result<Params<T>> {
+    use r2r::rcl_interfaces::{msg, srv};
+    let fqn = node.fully_qualified_name()?;
+    let mut given: Vec<(String, Value)> = {
+        let params = node.params.lock().map_err(|_| anyhow::anyhow!("parameters lock poisoned"))?;
+        params.iter().filter_map(|(k, p)| to_json(&p.value).map(|v| (k.clone(), v))).collect()
+    };
+    // r2r merges the params file's `/**` and `/<node>` sections and the `-p` overrides in file
+    // order, so a node section could win over `-p`. Re-apply the command line: it comes last.
+    for (k, v) in cli_overrides(std::env::args()) {
+        given.retain(|(name, _)| name != &k);
+        given.push((k, v));
+    }
+    let (declared, ignored) = Declared::<T>::load(&fqn, given).map_err(|e| anyhow::Error::new(crate::ConfigurationError(e.to_string())))?;
+    // Shared sections (`/**`) carry other nodes' parameters: only a name no rosa node uses is news.
+    let shared = |n: &String| n.starts_with("llm.") || n == "robots_file" || n == "use_sim_time";
+    if ignored.iter().any(|n| !shared(n)) {
+        tracing::warn!(node = %fqn, "ignoring parameters this node does not declare: {}", ignored.join(", "));
+    } else if !ignored.is_empty() {
+        tracing::debug!(node = %fqn, "not this node's parameters: {}", ignored.join(", "));
+    }
+    let (tx, rx) = watch::channel(declared.config().clone());
+    let hooks: Hooks<T> = Arc::default();
+    let state = Arc::new(std::sync::Mutex::new((declared, tx)));
+
+    let name = node.name()?;
+    let qos = QosProfile::services_default;
+    let mut set = node.create_service::<srv::SetParameters::Service>(&format!("{name}/set_parameters"), qos())?;
+    let mut set_atomically = node.create_service::<srv::SetParametersAtomically::Service>(&format!("{name}/set_parameters_atomically"), qos())?;
+    let mut get = node.create_service::<srv::GetParameters::Service>(&format!("{name}/get_parameters"), qos())?;
+    let mut list = node.create_service::<srv::ListParameters::Service>(&format!("{name}/list_parameters"), qos())?;
+    let mut describe = node.create_service::<srv::DescribeParameters::Service>(&format!("{name}/describe_parameters"), qos())?;
+    let mut types = node.create_service::<srv::GetParameterTypes::Service>(&format!("{name}/get_parameter_types"), qos())?;
+    // rclcpp's /parameter_events QoS: reliable, volatile, keep last 1000.
+    let events = node.create_publisher::<msg::ParameterEvent>("/parameter_events", QosProfile::default().reliable().keep_last(1000))?;
+
+    let event = |fqn: &str, new: Vec<msg::Parameter>, changed: Vec<msg::Parameter>| msg::ParameterEvent {
+        stamp: now(),
+        node: fqn.to_string(),
+        new_parameters: new,
+        changed_parameters: changed,
+        deleted_parameters: vec![],
+    };
+    {
+        let s = state.lock().map_err(|_| anyhow::anyhow!("parameters lock poisoned"))?;
+        let all = s.0.all().map(|(d, v)| msg::Parameter { name: d.name.clone(), value: value_msg(d.kind, v) }).collect();
+        Event(event(&fqn, all, vec![])).publish(&events);
+    }
+
+    // Apply a set (all or nothing), run the hooks, publish the event; the reason on refusal.
+    let events = std::sync::Mutex::new(events);
+    let apply = {
+        let (state, hooks, fqn) = (state.clone(), hooks.clone(), fqn.clone());
+        move |changes: &[msg::Parameter]| -> Result<(), String> {
+            let mut parsed = Vec::with_capacity(changes.len());
+            for p in changes {
+                parsed.push((p.name.clone(), kind_and_json(&p.value).map_err(|why| format!("parameter `{}`: {why}", p.name))?));
+            }
+            let parsed: Vec<_> = parsed.into_iter().map(|(n, (k, v))| (n, k, v)).collect();
+            let mut s = state.lock().map_err(|_| "parameters lock poisoned".to_string())?;
+            let changed = s.0.set(&parsed)?;
+            if changed.is_empty() {
+                return Ok(());
+            }
+            let config = s.0.config().clone();
+            let params: Vec<msg::Parameter> = changed
+                .iter()
+                .filter_map(|n| s.0.get(n).map(|(k, v)| msg::Parameter { name: n.clone(), value: value_msg(k, v) }))
+                .collect();
+            s.1.send_replace(config.clone());
+            drop(s);
+            if let Ok(h) = hooks.lock() {
+                for f in h.iter() {
+                    f(&config);
+                }
+            }
+            tracing::info!(node = %fqn, "parameters set: {}", changed.join(", "));
+            if let Ok(p) = events.lock() {
+                Event(event(&fqn, vec![], params)).publish(&p);
+            }
+            Ok(())
+        }
+    };
+    let apply = Arc::new(apply);
+    {
+        let apply = apply.clone();
+        tokio::spawn(async move {
+            while let Some(req) = set.next().await {
+                // Each parameter on its own, in order (rclcpp's SetParameters).
+                let results = req
+                    .message
+                    .parameters
+                    .iter()
+                    .map(|p| set_result(apply(std::slice::from_ref(p))))
+                    .collect();
+                let _ = req.respond(srv::SetParameters::Response { results });
+            }
+        });
+    }
+    {
+        let apply = apply.clone();
+        tokio::spawn(async move {
+            while let Some(req) = set_atomically.next().await {
+                let result = set_result(apply(&req.message.parameters));
+                let _ = req.respond(srv::SetParametersAtomically::Response { result });
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(req) = get.next().await {
+                let values = match state.lock() {
+                    Ok(s) => req.message.names.iter().map(|n| s.0.get(n).map(|(k, v)| value_msg(k, v)).unwrap_or_default()).collect(),
+                    Err(_) => vec![],
+                };
+                let _ = req.respond(srv::GetParameters::Response { values });
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(req) = list.next().await {
+                let (names, prefixes) = match state.lock() {
+                    Ok(s) => params::list(s.0.descriptors().iter().map(|d| d.name.as_str()), &req.message.prefixes, req.message.depth),
+                    Err(_) => Default::default(),
+                };
+                let _ = req.respond(srv::ListParameters::Response { result: msg::ListParametersResult { names, prefixes } });
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(req) = describe.next().await {
+                let descriptors = match state.lock() {
+                    Ok(s) => req
+                        .message
+                        .names
+                        .iter()
+                        .map(|n| match s.0.descriptor(n) {
+                            Some(d) => descriptor_msg(d),
+                            None => msg::ParameterDescriptor { name: n.clone(), ..Default::default() },
+                        })
+                        .collect(),
+                    Err(_) => vec![],
+                };
+                let _ = req.respond(srv::DescribeParameters::Response { descriptors });
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Some(req) = types.next().await {
+            let types = match state.lock() {
+                Ok(s) => req.message.names.iter().map(|n| s.0.get(n).map_or(0, |(k, _)| k.ros_type())).collect(),
+                Err(_) => vec![],
+            };
+            let _ = req.respond(srv::GetParameterTypes::Response { types });
+        }
+    });
+    Ok(Params { rx, hooks })
+}
+
+/// A `/parameter_events` message about to be published.
+struct Event(r2r::rcl_interfaces::msg::ParameterEvent);
+
+impl Event {
+    fn publish(self, p: &Publisher<r2r::rcl_interfaces::msg::ParameterEvent>) {
+        if let Err(e) = p.publish(&self.0) {
+            tracing::debug!(error = %e, "cannot publish /parameter_events");
+        }
+    }
+}
+
+fn set_result(r: Result<(), String>) -> r2r::rcl_interfaces::msg::SetParametersResult {
+    match r {
+        Ok(()) => r2r::rcl_interfaces::msg::SetParametersResult { successful: true, reason: String::new() },
+        Err(reason) => r2r::rcl_interfaces::msg::SetParametersResult { successful: false, reason },
+    }
+}
+
+/// A ROS parameter value as its kind and JSON (`None` = PARAMETER_NOT_SET).
+fn kind_and_json(v: &r2r::rcl_interfaces::msg::ParameterValue) -> Result<(Option<Kind>, Value), String> {
+    let Some(kind) = Kind::from_ros(v.type_) else {
+        return match v.type_ {
+            0 => Ok((None, Value::Null)),
+            5 => Err("byte arrays are not used by rosa".into()),
+            t => Err(format!("unknown parameter type {t}")),
+        };
+    };
+    let finite = |d: f64| if d.is_finite() { Ok(Value::from(d)) } else { Err(format!("{d} is not a finite number")) };
+    Ok((
+        Some(kind),
+        match kind {
+            Kind::Bool => Value::from(v.bool_value),
+            Kind::Integer => Value::from(v.integer_value),
+            Kind::Double => finite(v.double_value)?,
+            Kind::String => Value::from(v.string_value.clone()),
+            Kind::BoolArray => Value::from(v.bool_array_value.clone()),
+            Kind::IntegerArray => Value::from(v.integer_array_value.clone()),
+            Kind::DoubleArray => Value::Array(v.double_array_value.iter().map(|d| finite(*d)).collect::<Result<_, _>>()?),
+            Kind::StringArray => Value::from(v.string_array_value.clone()),
+        },
+    ))
+}
+
+fn value_msg(kind: Kind, v: &Value) -> r2r::rcl_interfaces::msg::ParameterValue {
+    let mut m = r2r::rcl_interfaces::msg::ParameterValue { type_: kind.ros_type(), ..Default::default() };
+    let strings = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    match kind {
+        Kind::Bool => m.bool_value = v.as_bool().unwrap_or_default(),
+        Kind::Integer => m.integer_value = v.as_i64().unwrap_or_default(),
+        Kind::Double => m.double_value = v.as_f64().unwrap_or_default(),
+        Kind::String => m.string_value = v.as_str().unwrap_or_default().to_string(),
+        Kind::BoolArray => m.bool_array_value = v.as_array().map(|a| a.iter().filter_map(Value::as_bool).collect()).unwrap_or_default(),
+        Kind::IntegerArray => m.integer_array_value = v.as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default(),
+        Kind::DoubleArray => m.double_array_value = v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default(),
+        Kind::StringArray => m.string_array_value = strings(v),
+    }
+    m
+}
+
+fn descriptor_msg(d: &params::Descriptor) -> r2r::rcl_interfaces::msg::ParameterDescriptor {
+    use r2r::rcl_interfaces::msg::{FloatingPointRange, IntegerRange, ParameterDescriptor};
+    let (floating_point_range, integer_range) = match d.range {
+        Some(Range::Integer { from, to }) => (vec![], vec![IntegerRange { from_value: from, to_value: to, step: 0 }]),
+        Some(Range::Double { from, to }) => (vec![FloatingPointRange { from_value: from, to_value: to, step: 0.0 }], vec![]),
+        None => (vec![], vec![]),
+    };
+    ParameterDescriptor {
+        name: d.name.clone(),
+        type_: d.kind.ros_type(),
+        description: d.description.clone(),
+        additional_constraints: d.additional_constraints.clone(),
+        read_only: d.read_only,
+        dynamic_typing: false,
+        floating_point_range,
+        integer_range,
+    }
 }
 
 /// `-p name:=value` / `--param name:=value` pairs inside `--ros-args … [--]` sections; values

@@ -84,6 +84,7 @@ mod tests {
             max_steps,
             tool_timeout_sec: 1.0,
             llm: LlmConfig::default(),
+            robot_tokens: vec![],
         }
     }
 

@@ -2,9 +2,10 @@
 
 use crate::agent::{Agent, Memory};
 use crate::config::{self, LlmConfig};
-use crate::kernel::{Event, Kernel, KernelOutput, KernelTools, ProcessControl, ProcessRow, Source};
+use crate::input::{self, clamped_size, ros_text};
+use crate::kernel::{Event, Kernel, KernelOutput, KernelTools, Limits, ProcessControl, ProcessRow, Source};
 use crate::kernel_queue::{callback_key, KernelQueue, Refusal};
-use crate::llm::OpenAiChat;
+use crate::llm::{ChatModel, Completion, LlmError, Message, OpenAiChat, ToolSpec};
 use crate::process::worker_id_for_goal;
 use crate::robots::{self, Registry, Robot};
 use crate::ros::{self, Spinner};
@@ -20,23 +21,29 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Parameters of the kernel node (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct KernelParams {
+    /// The kernel's LLM providers.
     pub llm: LlmConfig,
     /// Robots registry (YAML or drivers.json); relative paths are looked up in share/rosa/config.
     pub robots_file: String,
     /// Kernel prompt template; `{robots}` is replaced by the reachable robots.
     pub prompt_file: String,
     /// Events waiting beyond this are refused (and the refusal is published on /rosa/updates).
+    #[schemars(range(min = 1, max = 100000))]
     pub queue_size: u64,
     /// Conversation memory budget, in (estimated) tokens.
+    #[schemars(range(min = 100, max = 10000000))]
     pub memory_tokens: u64,
     /// LLM calls per event at most.
+    #[schemars(range(min = 1, max = 1000))]
     pub max_steps: u32,
     /// How often robot reachability is re-checked, seconds.
+    #[schemars(range(min = 0.5, max = 86400.0))]
     pub reachability_period_sec: f64,
     /// How long to wait for the process manager to accept or answer, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub process_manager_timeout_sec: f64,
     /// Where the journal of the event queue goes ("" = $ROSA_DATA_DIR/state/domain<ROS_DOMAIN_ID>).
     pub journal_dir: String,
@@ -44,10 +51,67 @@ pub struct KernelParams {
     pub journal_sync: bool,
     /// History depth of the intake (/rosa/command, /rosa/stt/transcript, /rosa/chat requests):
     /// what may arrive at once before the kernel takes it (a burst); each is then queued or refused.
+    #[schemars(range(min = 10, max = 100000))]
     pub intake_depth: u64,
     /// History of the kernel's /rosa/updates (its answers and notices): what a transient-local late
     /// joiner gets. Refusals have a writer of their own, as deep as `intake_depth`.
+    #[schemars(range(min = 1, max = 10000))]
     pub updates_history: u64,
+}
+
+impl crate::params::NodeParams for KernelParams {
+    // The queue (its journal, its bound), the intake's depths, the prompt and the registry are set
+    // up once.
+    const DYNAMIC: &'static [&'static str] =
+        &["llm.", "memory_tokens", "max_steps", "reachability_period_sec", "process_manager_timeout_sec"];
+
+    fn check(&self) -> Result<(), String> {
+        check_llm("llm", &self.llm)
+    }
+}
+
+/// `llm.*` must name at least one provider.
+pub fn check_llm(prefix: &str, llm: &LlmConfig) -> Result<(), String> {
+    if llm.providers().is_empty() {
+        return Err(format!("{prefix}.urls names no provider (give at least one OpenAI-compatible base URL)"));
+    }
+    Ok(())
+}
+
+/// The LLM client, replaced when `llm.*` is set: the event in progress finishes with the client it
+/// started with, the next one uses the new providers.
+struct Providers(std::sync::RwLock<Arc<OpenAiChat>>);
+
+impl Providers {
+    fn current(&self) -> Arc<OpenAiChat> {
+        match self.0.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, model: OpenAiChat) {
+        let model = Arc::new(model);
+        match self.0.write() {
+            Ok(mut m) => *m = model.clone(),
+            Err(p) => *p.into_inner() = model.clone(),
+        }
+        tokio::spawn(probe(model));
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for Providers {
+    async fn complete(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<Completion, LlmError> {
+        self.current().complete(messages, tools).await
+    }
+}
+
+async fn probe(model: Arc<OpenAiChat>) {
+    match model.probe().await {
+        Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
+        None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+    }
 }
 
 impl Default for KernelParams {
@@ -85,7 +149,7 @@ struct RosOutput {
 
 impl KernelOutput for RosOutput {
     fn event(&self, seq: u64, source: Source, text: &str, received: SystemTime) {
-        let msg = KernelEvent { seq, source: source.as_str().into(), text: text.into(), stamp: ros::stamp(received) };
+        let msg = KernelEvent { seq, source: source.as_str().into(), text: ros_text(text).into_owned(), stamp: ros::stamp(received) };
         if let Err(e) = self.events.lock().expect("publisher lock").publish(&msg) {
             tracing::error!(error = %e, "cannot publish /rosa/events");
         }
@@ -97,7 +161,7 @@ impl KernelOutput for RosOutput {
 }
 
 fn publish_update(p: &Publisher<Update>, role: &str, text: &str) {
-    let msg = Update { role: role.into(), text: text.into(), worker_id: String::new(), stamp: ros::now() };
+    let msg = Update { role: role.into(), text: ros_text(text).into_owned(), worker_id: String::new(), stamp: ros::now() };
     if let Err(e) = p.publish(&msg) {
         tracing::error!(error = %e, "cannot publish /rosa/updates");
     }
@@ -109,10 +173,15 @@ struct RosProcesses {
     list: Client<ListProcesses::Service>,
     terminate: Client<TerminateProcess::Service>,
     server_seen: Arc<AtomicBool>,
-    timeout: Duration,
+    params: watch::Receiver<KernelParams>,
 }
 
 impl RosProcesses {
+    /// `process_manager_timeout_sec` now (its range keeps it a valid duration).
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.params.borrow().process_manager_timeout_sec.clamp(0.1, 3600.0))
+    }
+
     /// Wait until `endpoint` (the action or a service of the process manager) is matched. Checked
     /// before every request: a restarted process manager is a new server, and a request sent
     /// before it is matched is lost (measured: a launch 1 s after a restart got no answer). When
@@ -122,7 +191,7 @@ impl RosProcesses {
         F: std::future::Future<Output = r2r::Result<()>>,
     {
         let fut = available.map_err(|e| e.to_string())?;
-        let wait = if self.server_seen.load(Ordering::Relaxed) { self.timeout } else { self.timeout.max(Duration::from_secs(10)) };
+        let wait = if self.server_seen.load(Ordering::Relaxed) { self.timeout() } else { self.timeout().max(Duration::from_secs(10)) };
         match tokio::time::timeout(wait, fut).await {
             Ok(Ok(())) => {
                 self.server_seen.store(true, Ordering::Relaxed);
@@ -137,7 +206,7 @@ impl RosProcesses {
         if self.wait_for(Node::is_available(&self.list), "/rosa/list_processes").await.is_err() {
             return false;
         }
-        let req = ListProcesses::Request { include_ended: true };
+        let req = ListProcesses::Request { include_ended: true, full_system_prompts: false };
         match self.request(self.list.request(&req)).await {
             Ok(t) => t.processes.iter().any(|p| p.worker_id == worker_id),
             Err(_) => false,
@@ -149,10 +218,10 @@ impl RosProcesses {
         F: std::future::Future<Output = Result<S, r2r::Error>>,
     {
         let fut = fut.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.timeout(), fut).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+            Err(_) => Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
         }
     }
 }
@@ -167,7 +236,7 @@ impl ProcessControl for RosProcesses {
         let worker_id = worker_id_for_goal(uuid.as_bytes());
         let sent = self.launch.send_goal_request_with_uuid(uuid, goal).map_err(|e| e.to_string())?;
         tokio::pin!(sent);
-        let first = self.timeout.min(LAUNCH_ANSWER_WAIT);
+        let first = self.timeout().min(LAUNCH_ANSWER_WAIT);
         let accepted = match tokio::time::timeout(first, &mut sent).await {
             Ok(r) => r,
             Err(_) => {
@@ -177,10 +246,10 @@ impl ProcessControl for RosProcesses {
                     tracing::warn!(%worker_id, "the answer to launch_process was lost, but the process manager has the worker");
                     return Ok(worker_id);
                 }
-                match tokio::time::timeout(self.timeout.saturating_sub(first), &mut sent).await {
+                match tokio::time::timeout(self.timeout().saturating_sub(first), &mut sent).await {
                     Ok(r) => r,
                     Err(_) if self.has_worker(&worker_id).await => return Ok(worker_id),
-                    Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout.as_secs_f64())),
+                    Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
                 }
             }
         };
@@ -193,7 +262,7 @@ impl ProcessControl for RosProcesses {
                 Ok(worker_id_for_goal(handle.uuid.as_bytes()))
             }
             Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
-                let req = ListProcesses::Request { include_ended: false };
+                let req = ListProcesses::Request { include_ended: false, full_system_prompts: false };
                 Err(match self.request(self.list.request(&req)).await {
                     Ok(t) if t.processes.len() >= t.max_processes as usize => format!(
                         "rejected by the process manager: {} of at most {} processes are running; wait for one to finish or terminate one",
@@ -209,7 +278,7 @@ impl ProcessControl for RosProcesses {
 
     async fn list(&self) -> Result<Vec<ProcessRow>, String> {
         self.wait_for(Node::is_available(&self.list), "/rosa/list_processes").await?;
-        let req = ListProcesses::Request { include_ended: true };
+        let req = ListProcesses::Request { include_ended: true, full_system_prompts: false };
         let resp = self.request(self.list.request(&req)).await?;
         Ok(resp
             .processes
@@ -237,9 +306,10 @@ impl ProcessControl for RosProcesses {
     }
 }
 
-/// Keep the reachable robots in `tx`, re-checking every `period`.
-async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Duration) {
+/// Keep the reachable robots in `tx`, re-checking every `reachability_period_sec`.
+async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, mut params: watch::Receiver<KernelParams>) {
     loop {
+        let period = Duration::from_secs_f64(params.borrow_and_update().reachability_period_sec.clamp(0.5, 86400.0));
         let mut up = Vec::new();
         for r in &all {
             if robots::reachable(&r.url, Duration::from_millis(500)).await {
@@ -252,7 +322,10 @@ async fn watch_robots(all: Vec<Robot>, tx: watch::Sender<Vec<Robot>>, period: Du
             tracing::info!(reachable = ?names, unreachable = ?down, "robots");
             tx.send_replace(up);
         }
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
+            _ = params.changed() => {},
+        }
     }
 }
 
@@ -260,6 +333,20 @@ fn refuse(updates: &Publisher<Update>, event: &Event, why: &str) {
     let text = format!("refused {}: {why}", crate::llm::truncate(&event.text, 200));
     tracing::warn!("{text}");
     publish_update(updates, "system", &text);
+}
+
+/// A user's text (`what`: "command", "transcript", "chat prompt") that is empty, only whitespace or
+/// not valid UTF-8 is refused out loud on /rosa/updates and never reaches the LLM.
+fn accept_user_text(updates: &Publisher<Update>, what: &str, text: String) -> Option<String> {
+    match input::user_text_refusal(what, &text) {
+        None => Some(text),
+        Some(why) => {
+            let text = format!("refused a {what}: {why}");
+            tracing::warn!("{text}");
+            publish_update(updates, "system", &text);
+            None
+        }
+    }
 }
 
 /// The longest run of events handed to the queue in one journal write (a burst).
@@ -301,8 +388,8 @@ fn offer(queue: &KernelQueue, updates: &Publisher<Update>, pacer: &SharedPacer, 
                     let pacer = pacer.clone();
                     tokio::spawn(async move {
                         let resp = match reply.await {
-                            Ok(Ok(text)) => Chat::Response { success: true, reply: text },
-                            Ok(Err(e)) => Chat::Response { success: false, reply: e },
+                            Ok(Ok(text)) => Chat::Response { success: true, reply: ros_text(&text).into_owned() },
+                            Ok(Err(e)) => Chat::Response { success: false, reply: ros_text(&e).into_owned() },
                             Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
                         };
                         answer_chat(&pacer, req, resp).await;
@@ -320,7 +407,7 @@ fn offer(queue: &KernelQueue, updates: &Publisher<Update>, pacer: &SharedPacer, 
         refuse(updates, &event, &why);
         if let Some((req, _)) = chat {
             let pacer = pacer.clone();
-            tokio::spawn(async move { answer_chat(&pacer, req, Chat::Response { success: false, reply: why }).await });
+            tokio::spawn(async move { answer_chat(&pacer, req, Chat::Response { success: false, reply: ros_text(&why).into_owned() }).await });
         }
     }
 }
@@ -343,7 +430,9 @@ fn stamp_ns(t: &r2r::builtin_interfaces::msg::Time) -> i64 {
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
-    let params: KernelParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<KernelParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let template_path = config::resolve_config_path(&params.prompt_file);
     let template = config::read_text(&template_path)?;
@@ -358,7 +447,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     // The intake holds a burst in DDS's history and in r2r's channel (sized from the same depth,
     // patches/r2r/0200) until the forwarders below take it: each event is then queued or refused.
-    let depth = (params.intake_depth as usize).max(10);
+    let depth = clamped_size(params.intake_depth, 10, 100_000);
     let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(depth))?;
     let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(depth))?;
     // Transient-local: a restarted kernel gets the callbacks published while it was down from the
@@ -366,7 +455,7 @@ pub async fn run() -> anyhow::Result<()> {
     let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
     let chats = node.create_service::<Chat::Service>("/rosa/chat", ros::service_qos(depth))?;
     let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
-    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent((params.updates_history as usize).max(1)))?;
+    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(clamped_size(params.updates_history, 1, 10_000)))?;
     // Refusals have a writer of their own on /rosa/updates: a burst of commands is a burst of
     // refusals, which a subscriber that falls behind gets back from this writer's history (as deep
     // as the intake; measured: with 1000, a subscriber lost ~100 of a 5000 burst, with 5000 none).
@@ -377,40 +466,63 @@ pub async fn run() -> anyhow::Result<()> {
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
         terminate: node.create_client::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?,
         server_seen: Arc::new(AtomicBool::new(false)),
-        timeout: Duration::from_secs_f64(params.process_manager_timeout_sec.max(0.1)),
+        params: declared.watch(),
     };
 
     // The durable queue: replay the journal of the previous run (if any) before taking anything.
     let journal = crate::journal::state_dir(&params.journal_dir).join("kernel.journal");
-    let (queue, recovery) = KernelQueue::open(&journal, params.queue_size as usize, params.journal_sync, params.memory_tokens as usize)
+    let (queue, recovery) = KernelQueue::open(&journal, clamped_size(params.queue_size, 1, 100_000), params.journal_sync, clamped_size(params.memory_tokens, 100, 10_000_000))
         .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("the kernel's event queue: {e}"))))?;
     let queue = Arc::new(queue);
     let started_at = SystemTime::now();
     let fresh = !recovery.restarted;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
-    let model = Arc::new(OpenAiChat::new(&params.llm)?);
+    let first = Arc::new(OpenAiChat::new(&params.llm)?);
+    tokio::spawn(probe(first.clone()));
+    let model = Arc::new(Providers(std::sync::RwLock::new(first)));
+    let limits = |p: &KernelParams| Limits { max_steps: p.max_steps, memory_tokens: p.memory_tokens as usize };
+    let (limits_tx, limits_rx) = watch::channel(limits(&params));
     {
-        let model = model.clone();
-        tokio::spawn(async move {
-            match model.probe().await {
-                Some(p) => tracing::info!(url = %p.url, model = %p.model, "LLM provider"),
-                None => tracing::warn!("no LLM provider answered GET /models; calls will try each in order"),
+        let (model, llm) = (model.clone(), std::sync::Mutex::new(params.llm.clone()));
+        declared.on_change(move |p| {
+            limits_tx.send_if_modified(|l| {
+                let new = limits(p);
+                let changed = *l != new;
+                *l = new;
+                changed
+            });
+            let Ok(mut llm) = llm.lock() else { return };
+            if serde_json::to_value(&*llm).ok() != serde_json::to_value(&p.llm).ok() {
+                match OpenAiChat::new(&p.llm) {
+                    Ok(m) => {
+                        model.replace(m);
+                        *llm = p.llm.clone();
+                    }
+                    Err(e) => tracing::error!("the new llm.* parameters cannot be used, keeping the previous providers: {e}"),
+                }
             }
         });
     }
 
     let (robots_tx, robots_rx) = watch::channel(Vec::new());
-    tokio::spawn(watch_robots(
-        registry.robots.clone(),
-        robots_tx,
-        Duration::from_secs_f64(params.reachability_period_sec.max(0.5)),
-    ));
+    tokio::spawn(watch_robots(registry.robots.clone(), robots_tx, declared.watch()));
 
     let pacer: SharedPacer = Arc::new(std::sync::Mutex::new(crate::pacer::Pacer::for_responses()));
     let plain = |event| Intake { event, key: None, chat: None };
-    forward(commands.map(move |m| plain(Event::command(&m.data))), queue.clone(), refusals.clone(), pacer.clone());
-    forward(transcripts.map(move |m| plain(Event::transcript(&m.text))), queue.clone(), refusals.clone(), pacer.clone());
+    let (u1, u2) = (refusals.clone(), refusals.clone());
+    forward(
+        commands.filter_map(move |m| futures::future::ready(accept_user_text(&u1, "command", m.data).map(|t| plain(Event::command(&t))))),
+        queue.clone(),
+        refusals.clone(),
+        pacer.clone(),
+    );
+    forward(
+        transcripts.filter_map(move |m| futures::future::ready(accept_user_text(&u2, "transcript", m.text).map(|t| plain(Event::transcript(&t))))),
+        queue.clone(),
+        refusals.clone(),
+        pacer.clone(),
+    );
     let callbacks = callbacks.filter_map(move |m| {
         // A first start (no journal) does not take up callbacks of an earlier session that the
         // process manager still holds in its history: nobody here asked for them.
@@ -422,20 +534,29 @@ pub async fn run() -> anyhow::Result<()> {
         futures::future::ready((!stale).then(|| Intake { event: Event::worker_callback(&m.worker_id, &m.message, m.done), key: Some(key), chat: None }))
     });
     forward(Box::pin(callbacks), queue.clone(), refusals.clone(), pacer.clone());
-    forward(
-        chats.map(|req| {
-            let (event, reply) = Event::chat(&req.message.prompt);
-            Intake { event, key: None, chat: Some((req, reply)) }
-        }),
-        queue.clone(),
-        refusals,
-        pacer,
-    );
+    let (u3, p3) = (refusals.clone(), pacer.clone());
+    let chats = chats.filter_map(move |req| {
+        // An empty, blank or invalid UTF-8 prompt is refused at once (out loud), never queued.
+        let refused = input::user_text_refusal("chat prompt", &req.message.prompt);
+        futures::future::ready(match refused {
+            Some(why) => {
+                let _ = accept_user_text(&u3, "chat prompt", req.message.prompt.clone());
+                let p3 = p3.clone();
+                tokio::spawn(async move { answer_chat(&p3, req, Chat::Response { success: false, reply: ros_text(&why).into_owned() }).await });
+                None
+            }
+            None => {
+                let (event, reply) = Event::chat(&req.message.prompt);
+                Some(Intake { event, key: None, chat: Some((req, reply)) })
+            }
+        })
+    });
+    forward(Box::pin(chats), queue.clone(), refusals, pacer);
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
     let mut agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
     agent.memory.restore(recovery.memory.clone());
-    let mut kernel = Kernel::new(agent, tools, template);
+    let mut kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
     kernel.resume_seq(recovery.seq);
     if let Some(text) = recovery.announcement() {
         tracing::warn!(journal = %journal.display(), "{text}");

@@ -1,7 +1,8 @@
 //! The `process_manager` node: the `/rosa/launch_process` action server and the process table.
 
 use crate::config::{self, LlmConfig};
-use crate::process::{self, ProcessTable, Row, State, WorkerReport, WorkerSpec};
+use crate::input::{self, clamped_seconds, clamped_size, ros_name, ros_text};
+use crate::process::{self, ProcessTable, RobotToken, Row, State, WorkerReport, WorkerSpec};
 use crate::process_journal::{LiveRow, ProcessJournal, Recovered};
 use crate::robots::Registry;
 use crate::ros::{self, Spinner};
@@ -12,47 +13,72 @@ use r2r::rosa_interfaces::msg::{ProcessInfo, ProcessTable as ProcessTableMsg, Up
 use r2r::rosa_interfaces::srv::{ListProcesses, TerminateProcess};
 use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Parameters of the process manager (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ProcessManagerParams {
     /// Handed to every worker.
     pub llm: LlmConfig,
+    /// The robots registry (YAML or drivers.json); relative paths are looked up in share/rosa/config.
     pub robots_file: String,
     /// Rules every worker gets at the top of its system prompt.
     pub worker_prompt_file: String,
-    /// Concurrent workers at most; goals beyond are rejected.
+    /// Concurrent workers at most; goals beyond are rejected (lowering it stops no running worker).
+    #[schemars(range(min = 0, max = 256))]
     pub max_processes: u64,
     /// Default per-process timeout, seconds (a goal's timeout_sec overrides it).
+    #[schemars(range(min = 0.1, max = 86400.0))]
     pub timeout_sec: f64,
     /// Default LLM calls per worker (a goal's max_steps overrides it).
+    #[schemars(range(min = 1, max = 1000))]
     pub max_steps: u32,
     /// SIGTERM → SIGKILL grace period, seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub grace_sec: f64,
     /// Ended processes kept in the table.
+    #[schemars(range(min = 0, max = 10000))]
     pub keep_ended: u64,
     /// Per tool call timeout in workers, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub tool_timeout_sec: f64,
     /// The worker executable ("" = `worker` next to this executable).
     pub worker_executable: String,
     /// Workers kept started and waiting for a task (0 = start each on demand).
+    #[schemars(range(min = 0, max = 16))]
     pub warm_workers: u64,
+    /// The largest timeout_sec a goal may ask for, seconds (larger, negative, NaN and inf are rejected).
+    #[schemars(range(min = 1.0, max = 31536000.0))]
+    pub max_timeout_sec: f64,
+    /// The MCP token handed to workers for their robots ("" = <data_dir>/mcp_token, made by ./rosa setup).
+    pub mcp_token_file: String,
+    /// Robots (by name) that get the MCP token besides those whose URL is on loopback.
+    pub mcp_token_robots: Vec<String>,
     /// A worker still running this long after its final report is killed (SIGKILL), counted and
     /// logged; workers exit by themselves within 150 ms of it.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub exit_grace_sec: f64,
     /// Where the journal of the process table goes ("" = $ROSA_DATA_DIR/state/domain<ROS_DOMAIN_ID>).
     pub journal_dir: String,
     /// Sync the journal to disk at each accepted goal, started worker and final report.
     pub journal_sync: bool,
-    /// History depth of the goal, list and terminate requests (a burst of callers).
+    /// History depth of the list and terminate requests (a burst of callers).
+    #[schemars(range(min = 10, max = 100000))]
     pub request_depth: u64,
+}
+
+impl crate::params::NodeParams for ProcessManagerParams {
+    // Every goal reads these when it starts; the registry, the worker rules and the executable are
+    // loaded once.
+    const DYNAMIC: &'static [&'static str] =
+        &["llm.", "max_processes", "timeout_sec", "max_steps", "grace_sec", "keep_ended", "tool_timeout_sec", "warm_workers", "max_timeout_sec", "mcp_token_robots", "exit_grace_sec"];
 }
 
 impl Default for ProcessManagerParams {
@@ -69,6 +95,9 @@ impl Default for ProcessManagerParams {
             tool_timeout_sec: 60.0,
             worker_executable: String::new(),
             warm_workers: 2,
+            max_timeout_sec: 86_400.0,
+            mcp_token_file: String::new(),
+            mcp_token_robots: vec![],
             exit_grace_sec: 0.5,
             journal_dir: String::new(),
             journal_sync: true,
@@ -91,7 +120,8 @@ struct Ctx {
     table_pub: Publisher<ProcessTableMsg>,
     callback_pub: Publisher<WorkerCallback>,
     update_pub: Publisher<Update>,
-    params: Arc<ProcessManagerParams>,
+    /// The parameters now (set at run time: each goal takes them when it starts).
+    params: watch::Receiver<ProcessManagerParams>,
     registry: Arc<Registry>,
     rules: Arc<String>,
     worker_exe: Arc<PathBuf>,
@@ -106,20 +136,34 @@ struct Ctx {
 pub const CALLBACK_HISTORY: usize = 100;
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
-fn info(r: &Row) -> ProcessInfo {
+/// Bytes of each system prompt in the process table (/rosa/processes, and /rosa/list_processes
+/// unless full_system_prompts): the table stays small whatever the prompts.
+pub const PROMPT_SUMMARY_BYTES: usize = 1000;
+
+/// A row as a message: the prompt's bounded summary (or, with `full_prompt`, all of it), and text
+/// fit for rcl (no NUL).
+fn info(r: &Row, full_prompt: bool) -> ProcessInfo {
+    let prompt = if full_prompt { Cow::Borrowed(r.system_prompt.as_str()) } else { input::summary(&r.system_prompt, PROMPT_SUMMARY_BYTES) };
     ProcessInfo {
         worker_id: r.worker_id.clone(),
         pid: r.pid,
         state: r.state.as_str().into(),
-        system_prompt: r.system_prompt.clone(),
-        robots: r.robots.clone(),
+        system_prompt: ros_name(&prompt).into_owned(),
+        robots: r.robots.iter().map(|n| ros_name(n).into_owned()).collect(),
         step: r.step,
-        last_tool: r.last_tool.clone(),
+        last_tool: ros_name(&r.last_tool).into_owned(),
         started: ros::stamp(r.started),
+        system_prompt_size: r.system_prompt.len() as u64,
     }
+}
+
+/// A goal's timeout (its timeout_sec, 0 = the default), range-checked; the error is why the goal
+/// is rejected.
+fn goal_limits(goal: &LaunchProcess::Goal, params: &ProcessManagerParams) -> Result<Duration, String> {
+    input::goal_timeout(goal.timeout_sec, params.timeout_sec, params.max_timeout_sec)
 }
 
 impl Ctx {
@@ -137,8 +181,8 @@ impl Ctx {
             let s = self.shared.lock().expect("table lock");
             ProcessTableMsg {
                 stamp: ros::now(),
-                max_processes: s.table.max_processes as u32,
-                processes: s.table.snapshot(true).iter().map(info).collect(),
+                max_processes: input::saturating_u32(s.table.max_processes as u64),
+                processes: s.table.rows_in_order(true).into_iter().map(|r| info(r, false)).collect(),
             }
         };
         if let Err(e) = self.table_pub.publish(&msg) {
@@ -156,7 +200,7 @@ impl Ctx {
     /// drops the repeat), one that dies before never loses it.
     fn publish_outcome(&self, worker_id: &str, done: bool, message: &str, role: &str) {
         let now = SystemTime::now();
-        let stamp_ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        let stamp_ns = now.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0);
         self.lock_journal().final_report(worker_id, done, message, stamp_ns);
         publish_final(&self.callback_pub, &self.update_pub, worker_id, done, message, role, ros::stamp(now));
         self.lock_journal().published(worker_id);
@@ -172,6 +216,8 @@ impl Ctx {
         let unknown: Vec<&String> = req.goal.robots.iter().filter(|r| self.registry.get(r).is_none()).collect();
         let refusal = if !unknown.is_empty() {
             Some(format!("unknown robot(s) {unknown:?}; the registry has {:?}", self.registry.names()))
+        } else if let Err(why) = goal_limits(&req.goal, &self.params.borrow()) {
+            Some(why)
         } else {
             self.shared.lock().expect("table lock").table.admit().err()
         };
@@ -182,20 +228,20 @@ impl Ctx {
             }
             return;
         }
-        let goal = req.goal.clone();
         // Journaled before it is accepted: an accepted goal is never unknown to a restarted
-        // process manager.
+        // process manager. The journal keeps the prompt's bounded summary (what the table shows),
+        // so that a task of megabytes is not written to disk nor kept twice in memory.
         let started = SystemTime::now();
         self.lock_journal().accepted(LiveRow {
             worker_id: worker_id.clone(),
-            system_prompt: goal.system_prompt.clone(),
-            robots: goal.robots.clone(),
+            system_prompt: input::summary(&req.goal.system_prompt, PROMPT_SUMMARY_BYTES).into_owned(),
+            robots: req.goal.robots.clone(),
             started_ms: unix_ms(started),
             pid: 0,
             start_ticks: 0,
             report: None,
         });
-        let (handle, cancel) = match req.accept() {
+        let (mut handle, cancel) = match req.accept() {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot accept goal");
@@ -203,6 +249,9 @@ impl Ctx {
                 return;
             }
         };
+        // The goal moves out of the handle (r2r does not use it): clones of the handle, and the
+        // handle itself, then do not carry a prompt that may be megabytes.
+        let goal = std::mem::take(&mut handle.goal);
         let (term_tx, term_rx) = mpsc::channel(4);
         {
             let mut s = self.shared.lock().expect("table lock");
@@ -220,9 +269,47 @@ impl Ctx {
         }
         self.publish_table();
         let ctx = self.clone();
-        tokio::spawn(async move {
-            ctx.run_goal(worker_id, goal, handle, cancel, term_rx).await;
-        });
+        let task = self.clone().run_goal(worker_id.clone(), goal, handle.clone(), cancel, term_rx);
+        process::spawn_supervised(task, move |why| ctx.goal_task_failed(&worker_id, handle, &why));
+    }
+
+    /// A goal task that panicked (or was cancelled) still ends its goal: a final callback, the row
+    /// ended (the slot freed), the goal aborted. Its worker was killed when the task dropped it.
+    fn goal_task_failed(&self, worker_id: &str, mut handle: ActionServerGoal<LaunchProcess::Action>, why: &str) {
+        let message = format!("worker {worker_id} failed: the process manager's goal task failed ({why})");
+        tracing::error!(%worker_id, "{message}");
+        if self.shared.is_poisoned() {
+            self.shared.clear_poison();
+        }
+        let reported = {
+            let mut s = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ended = s.table.get(worker_id).map(|r| r.state).filter(|st| !st.is_live());
+            s.terminators.remove(worker_id);
+            s.table.finish(worker_id, ended.unwrap_or(State::Failed));
+            ended.is_some()
+        };
+        if !reported {
+            self.publish_outcome(worker_id, false, &message, "system");
+        }
+        self.lock_journal().ended(worker_id, State::Failed);
+        self.publish_table();
+        let result = LaunchProcess::Result { worker_id: worker_id.into(), success: false, message: ros_text(&message).into_owned() };
+        if let Err(e) = handle.abort(result) {
+            tracing::warn!(%worker_id, error = %e, "cannot abort the goal");
+        }
+    }
+
+    /// Parameters set at run time: the table's limits now, the pool's size soon.
+    fn apply_params(&self, p: &ProcessManagerParams) {
+        self.shared.lock().expect("table lock").table.set_limits(p.max_processes as usize, p.keep_ended as usize);
+        self.publish_table();
+        let extra: Vec<_> = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            let keep = (p.warm_workers as usize).min(pool.len());
+            pool.drain(keep..).collect()
+        };
+        drop(extra); // their stdin closes: they exit (and are killed on drop)
+        self.refill_pool();
     }
 
     /// A warm worker from the pool, if one is alive; the pool is refilled behind.
@@ -248,7 +335,8 @@ impl Ctx {
         let ctx = self.clone();
         tokio::spawn(async move {
             loop {
-                if ctx.pool.lock().expect("pool lock").len() >= ctx.params.warm_workers as usize {
+                let want = ctx.params.borrow().warm_workers as usize;
+                if ctx.pool.lock().expect("pool lock").len() >= want {
                     return;
                 }
                 match process::spawn_idle(&ctx.worker_exe, &[]) {
@@ -263,15 +351,42 @@ impl Ctx {
     }
 
     fn spec(&self, worker_id: &str, goal: &LaunchProcess::Goal) -> WorkerSpec {
+        let p = self.params.borrow().clone();
         let robots: Vec<_> = goal.robots.iter().filter_map(|n| self.registry.get(n)).collect();
         WorkerSpec {
             worker_id: worker_id.into(),
             system_prompt: compose_system_prompt(&self.rules, &robots, &goal.system_prompt),
             robots: robots.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
-            max_steps: if goal.max_steps > 0 { goal.max_steps } else { self.params.max_steps },
-            tool_timeout_sec: self.params.tool_timeout_sec,
-            llm: self.params.llm.clone(),
+            max_steps: if goal.max_steps > 0 { goal.max_steps } else { p.max_steps },
+            tool_timeout_sec: clamped_seconds(p.tool_timeout_sec, 0.1, 86_400.0).as_secs_f64(),
+            llm: p.llm.clone(),
+            robot_tokens: self.robot_tokens(&robots),
         }
+    }
+
+    /// The MCP token for the robots that get it: those on loopback (rosa's own servers) and those
+    /// named in `mcp_token_robots`. Read at each launch (`./rosa setup` or a server may create it
+    /// later); no file, no token.
+    fn robot_tokens(&self, robots: &[&crate::robots::Robot]) -> Vec<RobotToken> {
+        let token_file = self.params.borrow().mcp_token_file.trim().to_string();
+        let path = if token_file.is_empty() {
+            crate::data_dir::default_root().join(crate::mcp_server::TOKEN_FILE)
+        } else {
+            PathBuf::from(token_file)
+        };
+        let token = match crate::mcp_server::read_token(&path) {
+            Ok(Some(t)) => t,
+            Ok(None) => return vec![],
+            Err(e) => {
+                tracing::warn!("workers get no MCP token: {e}");
+                return vec![];
+            }
+        };
+        robots
+            .iter()
+            .filter(|r| crate::mcp_server::is_loopback_url(&r.url) || self.params.borrow().mcp_token_robots.contains(&r.name))
+            .map(|r| RobotToken { robot: r.name.clone(), token: token.clone() })
+            .collect()
     }
 
     async fn run_goal(
@@ -282,9 +397,12 @@ impl Ctx {
         mut cancel: impl futures::Stream<Item = r2r::ActionServerCancelRequest> + Unpin,
         mut term_rx: mpsc::Receiver<TerminateRequest>,
     ) {
-        let timeout = if goal.timeout_sec > 0.0 { goal.timeout_sec } else { self.params.timeout_sec };
-        let grace = Duration::from_secs_f64(self.params.grace_sec.max(0.0));
-        let exit_grace = Duration::from_secs_f64(self.params.exit_grace_sec.max(0.0));
+        let p = self.params.borrow().clone();
+        // Checked when the goal was accepted; the fallback is never used.
+        let timeout_d = goal_limits(&goal, &p).unwrap_or(Duration::from_secs(300));
+        let timeout = timeout_d.as_secs_f64();
+        let grace = clamped_seconds(p.grace_sec, 0.0, 3600.0);
+        let exit_grace = clamped_seconds(p.exit_grace_sec, 0.0, 60.0);
         let spec = self.spec(&worker_id, &goal);
 
         enum End {
@@ -309,7 +427,7 @@ impl Ctx {
                 self.lock_journal().spawned(&worker_id, w.pid, process::start_ticks(w.pid).unwrap_or(0));
                 self.with_table(|t| t.update(&worker_id, |r| r.pid = w.pid));
                 feedback(&handle, &worker_id, "starting", 0, "");
-                let deadline = tokio::time::sleep(Duration::from_secs_f64(timeout.max(0.1)));
+                let deadline = tokio::time::sleep(timeout_d);
                 tokio::pin!(deadline);
                 // Armed by the final report: a worker still there after the grace is killed.
                 let linger = tokio::time::sleep(Duration::from_secs(3600 * 24 * 365));
@@ -439,7 +557,7 @@ impl Ctx {
         }
         self.lock_journal().ended(&worker_id, state);
         self.publish_table();
-        let result = LaunchProcess::Result { worker_id: worker_id.clone(), success, message };
+        let result = LaunchProcess::Result { worker_id: worker_id.clone(), success, message: ros_text(&message).into_owned() };
         let sent = match state {
             State::Succeeded => handle.succeed(result),
             _ if cancelled => {
@@ -462,7 +580,7 @@ impl Ctx {
     }
 }
 
-/// Publish a worker's final `WorkerCallback` and its `Update`.
+/// Publish a worker's final `WorkerCallback` and its `Update` (text fit for rcl: no NUL).
 fn publish_final(
     callback_pub: &Publisher<WorkerCallback>,
     update_pub: &Publisher<Update>,
@@ -472,18 +590,19 @@ fn publish_final(
     role: &str,
     stamp: r2r::builtin_interfaces::msg::Time,
 ) {
-    let cb = WorkerCallback { worker_id: worker_id.into(), message: message.into(), done, final_: true, stamp: stamp.clone() };
+    let message = ros_text(message);
+    let cb = WorkerCallback { worker_id: worker_id.into(), message: message.to_string(), done, final_: true, stamp: stamp.clone() };
     if let Err(e) = callback_pub.publish(&cb) {
         tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
     }
-    let up = Update { role: role.into(), text: message.into(), worker_id: worker_id.into(), stamp };
+    let up = Update { role: role.into(), text: message.into_owned(), worker_id: worker_id.into(), stamp };
     if let Err(e) = update_pub.publish(&up) {
         tracing::error!(error = %e, "cannot publish /rosa/updates");
     }
 }
 
 fn time_of_ns(ns: i64) -> r2r::builtin_interfaces::msg::Time {
-    ros::stamp(UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64))
+    ros::stamp(UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
 }
 
 impl Ctx {
@@ -556,7 +675,7 @@ impl Ctx {
 }
 
 fn feedback(handle: &ActionServerGoal<LaunchProcess::Action>, worker_id: &str, state: &str, step: u32, tool: &str) {
-    let fb = LaunchProcess::Feedback { worker_id: worker_id.into(), state: state.into(), step, last_tool: tool.into() };
+    let fb = LaunchProcess::Feedback { worker_id: worker_id.into(), state: state.into(), step, last_tool: ros_name(tool).into_owned() };
     if let Err(e) = handle.publish_feedback(fb) {
         tracing::debug!(error = %e, "feedback");
     }
@@ -566,7 +685,9 @@ fn feedback(handle: &ActionServerGoal<LaunchProcess::Action>, worker_id: &str, s
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "process_manager", "/rosa")?;
-    let params: ProcessManagerParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<ProcessManagerParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let registry_path = config::resolve_config_path(&params.robots_file);
     let registry = Registry::load(&registry_path).unwrap_or_else(|e| {
@@ -584,7 +705,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     // The action's goal/cancel/result services keep 1000 requests (patches/r2r/0201), as do these.
-    let depth = (params.request_depth as usize).max(10);
+    let depth = clamped_size(params.request_depth, 10, 100_000);
     let mut goals = node.create_action_server::<LaunchProcess::Action>("/rosa/launch_process")?;
     let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", ros::service_qos(depth))?;
     let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", ros::service_qos(depth))?;
@@ -593,19 +714,19 @@ pub async fn run() -> anyhow::Result<()> {
     let update_pub = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
 
     let journal_path = crate::journal::state_dir(&params.journal_dir).join("process_manager.journal");
-    let (journal, recovered) = ProcessJournal::open(&journal_path, params.journal_sync, params.keep_ended as usize)
+    let (journal, recovered) = ProcessJournal::open(&journal_path, params.journal_sync, clamped_size(params.keep_ended, 0, 100_000))
         .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("the process table's journal: {e}"))))?;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let ctx = Ctx {
         shared: Arc::new(Mutex::new(Shared {
-            table: ProcessTable::new(params.max_processes as usize, params.keep_ended as usize),
+            table: ProcessTable::new(clamped_size(params.max_processes, 0, 100_000), clamped_size(params.keep_ended, 0, 100_000)),
             terminators: HashMap::new(),
         })),
         table_pub,
         callback_pub,
         update_pub,
-        params: Arc::new(params),
+        params: declared.watch(),
         registry: Arc::new(registry),
         rules: Arc::new(rules),
         worker_exe: Arc::new(worker_exe),
@@ -616,6 +737,10 @@ pub async fn run() -> anyhow::Result<()> {
     ctx.recover(recovered).await;
     ctx.publish_table();
     ctx.refill_pool();
+    {
+        let ctx = ctx.clone();
+        declared.on_change(move |p| ctx.apply_params(p));
+    }
 
     {
         let ctx = ctx.clone();
@@ -644,8 +769,8 @@ pub async fn run() -> anyhow::Result<()> {
                 let resp = {
                     let s = ctx.shared.lock().expect("table lock");
                     ListProcesses::Response {
-                        max_processes: s.table.max_processes as u32,
-                        processes: s.table.snapshot(req.message.include_ended).iter().map(info).collect(),
+                        max_processes: input::saturating_u32(s.table.max_processes as u64),
+                        processes: s.table.rows_in_order(req.message.include_ended).into_iter().map(|r| info(r, req.message.full_system_prompts)).collect(),
                     }
                 };
                 if let Err(e) = req.respond(resp) {
@@ -661,7 +786,7 @@ pub async fn run() -> anyhow::Result<()> {
                 let id = req.message.worker_id.trim().to_string();
                 let sender = ctx.shared.lock().expect("table lock").terminators.get(&id).cloned();
                 let Some(sender) = sender else {
-                    let _ = req.respond(TerminateProcess::Response { ok: false, message: format!("no running process `{id}`") });
+                    let _ = req.respond(TerminateProcess::Response { ok: false, message: ros_text(&format!("no running process `{}`", input::summary(&id, 100))).into_owned() });
                     continue;
                 };
                 let (tx, rx) = oneshot::channel();
@@ -671,7 +796,7 @@ pub async fn run() -> anyhow::Result<()> {
                 }
                 tokio::spawn(async move {
                     let resp = match rx.await {
-                        Ok(m) => TerminateProcess::Response { ok: true, message: m },
+                        Ok(m) => TerminateProcess::Response { ok: true, message: ros_text(&m).into_owned() },
                         Err(_) => TerminateProcess::Response { ok: false, message: format!("process `{id}` ended on its own") },
                     };
                     let _ = req.respond(resp);
@@ -680,7 +805,7 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(max_processes = ctx.params.max_processes, worker = %ctx.worker_exe.display(), journal = %journal_path.display(), "process manager ready");
+    tracing::info!(max_processes = params.max_processes, worker = %ctx.worker_exe.display(), journal = %journal_path.display(), "process manager ready");
     ros::shutdown_signal().await;
     tracing::info!("process manager shutting down: terminating workers");
     let senders: Vec<_> = ctx.shared.lock().expect("table lock").terminators.values().cloned().collect();
@@ -691,7 +816,7 @@ pub async fn run() -> anyhow::Result<()> {
             waits.push(rx);
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs_f64(ctx.params.grace_sec + 2.0), futures::future::join_all(waits)).await;
+    let _ = tokio::time::timeout(clamped_seconds(ctx.params.borrow().grace_sec, 0.0, 3600.0) + Duration::from_secs(2), futures::future::join_all(waits)).await;
     // Warm workers get EOF on stdin and exit; kill_on_drop makes sure of it.
     ctx.pool.lock().expect("pool lock").clear();
     spinner.stop();

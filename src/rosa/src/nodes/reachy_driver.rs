@@ -7,6 +7,9 @@
 //! frames through channels: it never holds the node.
 
 use crate::config::LlmConfig;
+use crate::data_dir::DataDir;
+use crate::input::{clamped_seconds, clamped_size};
+use crate::mcp_server::{Guard, McpAccess};
 use crate::reachy::camera::{Camera, Frame, Stamped};
 use crate::reachy::daemon::{self, Daemon, Link, RobotState};
 use crate::reachy::limits::REACHY_MINI;
@@ -24,14 +27,15 @@ use r2r::tf2_msgs::msg::TFMessage;
 use r2r::{Node, Publisher, QosProfile};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use crate::ConfigurationError;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Speech parameters (`speech.*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct SpeechParams {
     /// "espeak" (local espeak-ng) or "openai" (an OpenAI-compatible /audio/speech endpoint).
@@ -39,6 +43,7 @@ pub struct SpeechParams {
     /// espeak-ng voice (e.g. en-us, fr) or the endpoint's voice name.
     pub voice: String,
     /// espeak-ng speed, words per minute.
+    #[schemars(range(min = 80, max = 450))]
     pub rate_wpm: u64,
     /// "auto" (the robot's speaker if the daemon has one, else the local device, else WAV files),
     /// "daemon", "local" or "files".
@@ -46,10 +51,17 @@ pub struct SpeechParams {
     /// Where "files" output writes its WAVs ("" = <data_dir>/speech).
     pub output_dir: String,
     /// Utterances waiting at most.
+    #[schemars(range(min = 1, max = 1000))]
     pub queue_size: u64,
-    /// For engine "openai": base URL, model and the environment variable holding the key.
+    /// Characters one `speak` may have at most (longer texts are refused; the engine gets them
+    /// in pieces of at most 1000 bytes).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_chars: u64,
+    /// For engine "openai": the endpoint's base URL.
     pub url: String,
+    /// For engine "openai": the speech model.
     pub model: String,
+    /// For engine "openai": the environment variable holding the key.
     pub key_env: String,
 }
 
@@ -62,6 +74,7 @@ impl Default for SpeechParams {
             output: "auto".into(),
             output_dir: String::new(),
             queue_size: 16,
+            max_chars: crate::reachy::speech::DEFAULT_MAX_CHARS as u64,
             url: "https://api.groq.com/openai/v1".into(),
             model: "playai-tts".into(),
             key_env: "GROQ_API_KEY".into(),
@@ -70,13 +83,14 @@ impl Default for SpeechParams {
 }
 
 /// Camera parameters (`camera.*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct CameraParams {
     /// "" (none), a V4L2 device (`/dev/video0`), or an image topic: `sensor_msgs/Image`, or
     /// `sensor_msgs/CompressedImage` when the name ends with `/compressed`.
     pub source: String,
     /// A topic frame older than this is refused as stale, seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
     pub max_age_sec: f64,
 }
 
@@ -87,31 +101,48 @@ impl Default for CameraParams {
 }
 
 /// Parameters of the reachy_driver node (see `config/rosa.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ReachyParams {
     /// The daemon's base URL.
     pub daemon_url: String,
-    /// MCP server (streamable HTTP): address, port and path.
+    /// The MCP server's (streamable HTTP) address: bind beyond loopback only on purpose.
     pub mcp_bind: String,
+    /// The MCP server's port (0 = any free port; the log says which).
+    #[schemars(range(min = 0, max = 65535))]
     pub mcp_port: u64,
+    /// The MCP server's path.
     pub mcp_path: String,
-    /// /joint_states and /tf rate at most (the daemon streams at ~50 Hz).
+    /// Who may call the MCP server: `require_token`, `token_file`, `allowed_origins`.
+    #[serde(flatten)]
+    pub mcp_access: McpAccess,
+    /// /joint_states and /tf rate at most, Hz (the daemon streams at ~50 Hz).
+    #[schemars(range(min = 1.0, max = 200.0))]
     pub publish_rate_hz: f64,
     /// HTTP request timeout to the daemon, seconds.
+    #[schemars(range(min = 0.5, max = 600.0))]
     pub request_timeout_sec: f64,
     /// Delay between reconnection attempts, seconds.
+    #[schemars(range(min = 0.1, max = 600.0))]
     pub reconnect_sec: f64,
     /// Pictures and speech files go here ("" = $ROSA_DATA_DIR, else ~/.local/share/rosa).
     pub data_dir: String,
     /// The recorded-moves dataset played by play_emotion.
     pub emotions_dataset: String,
     /// Extra time past a move's duration a tool waits for it, seconds.
+    #[schemars(range(min = 0.5, max = 600.0))]
     pub move_timeout_margin_sec: f64,
+    /// Text to speech.
     pub speech: SpeechParams,
+    /// Frames for take_picture.
     pub camera: CameraParams,
     /// Vision model for describe_image / take_picture (OpenAI-compatible, as `llm.*`).
     pub vision: LlmConfig,
+}
+
+impl crate::params::NodeParams for ReachyParams {
+    // The daemon client, the MCP server, speech, camera and vision are set up once, at start.
+    const DYNAMIC: &'static [&'static str] = &["publish_rate_hz"];
 }
 
 impl Default for ReachyParams {
@@ -121,6 +152,7 @@ impl Default for ReachyParams {
             mcp_bind: "127.0.0.1".into(),
             mcp_port: 5001,
             mcp_path: "/mcp".into(),
+            mcp_access: McpAccess::default(),
             publish_rate_hz: 100.0,
             request_timeout_sec: 10.0,
             reconnect_sec: 1.0,
@@ -139,14 +171,11 @@ impl Default for ReachyParams {
 }
 
 fn data_dir(p: &ReachyParams) -> PathBuf {
-    if !p.data_dir.is_empty() {
-        return PathBuf::from(&p.data_dir);
+    if p.data_dir.is_empty() {
+        crate::data_dir::default_root()
+    } else {
+        PathBuf::from(&p.data_dir)
     }
-    if let Ok(d) = std::env::var("ROSA_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    PathBuf::from(home).join(".local/share/rosa")
 }
 
 fn header(stamp: SystemTime, frame: &str) -> Header {
@@ -225,18 +254,30 @@ impl StatePublisher {
     }
 }
 
+/// How often `/diagnostics` is published (and at once when the level changes).
+const DIAGNOSTICS_PERIOD: Duration = Duration::from_secs(1);
+
+/// The diagnostic level of the daemon link.
+fn link_level(link: &Link) -> u8 {
+    match link {
+        Link::Connected { daemon_state, .. } if daemon_state == "running" => DiagnosticStatus::OK as u8,
+        Link::Connected { .. } => DiagnosticStatus::WARN as u8,
+        Link::Connecting | Link::Disconnected { .. } => DiagnosticStatus::ERROR as u8,
+    }
+}
+
 fn diagnostics(link: &Link, url: &str, rate: f64, speech: &str, speaking: bool) -> DiagnosticArray {
     let kv = |k: &str, v: String| KeyValue { key: k.into(), value: v };
     let since = |t: &SystemTime| format!("{:.0} s", SystemTime::now().duration_since(*t).unwrap_or_default().as_secs_f64());
     let (level, message, mut values) = match link {
-        Link::Connecting => (DiagnosticStatus::ERROR as u8, "connecting to the daemon".to_string(), vec![]),
+        Link::Connecting => (link_level(link), "connecting to the daemon".to_string(), vec![]),
         Link::Connected { since: t, daemon_state, version, simulation } => (
-            if daemon_state == "running" { DiagnosticStatus::OK as u8 } else { DiagnosticStatus::WARN as u8 },
+            link_level(link),
             format!("connected, daemon {daemon_state}"),
             vec![kv("daemon_state", daemon_state.clone()), kv("version", version.clone()), kv("simulation", simulation.clone()), kv("connected_for", since(t))],
         ),
         Link::Disconnected { since: t, reason } => (
-            DiagnosticStatus::ERROR as u8,
+            link_level(link),
             format!("disconnected: {reason}"),
             vec![kv("disconnected_for", since(t))],
         ),
@@ -257,14 +298,15 @@ fn diagnostics(link: &Link, url: &str, rate: f64, speech: &str, speaking: bool) 
     }
 }
 
-async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: PathBuf) -> Arc<dyn AudioSink> {
-    let files = || -> Arc<dyn AudioSink> {
+async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: &Path) -> anyhow::Result<Arc<dyn AudioSink>> {
+    let files = || -> anyhow::Result<Arc<dyn AudioSink>> {
         let d = if p.speech.output_dir.is_empty() { dir.join("speech") } else { PathBuf::from(&p.speech.output_dir) };
-        Arc::new(WavFiles { dir: d, count: AtomicU64::new(0) })
+        let dir = DataDir::open(&d).map_err(|e| anyhow::Error::new(ConfigurationError(format!("speech.output_dir: {e}"))))?;
+        Ok(Arc::new(WavFiles { dir, count: AtomicU64::new(0) }))
     };
     let speaker = || -> Arc<dyn AudioSink> { Arc::new(DaemonSpeaker { daemon: daemon.clone(), count: AtomicU64::new(0) }) };
-    match p.speech.output.as_str() {
-        "files" => files(),
+    Ok(match p.speech.output.as_str() {
+        "files" => files()?,
         "daemon" => speaker(),
         "local" => Arc::new(LocalSpeaker),
         other => {
@@ -280,16 +322,18 @@ async fn choose_sink(p: &ReachyParams, daemon: &Daemon, dir: PathBuf) -> Arc<dyn
                 Arc::new(LocalSpeaker)
             } else {
                 tracing::warn!("no speaker on the daemon and no local audio device: speech goes to WAV files");
-                files()
+                files()?
             }
         }
-    }
+    })
 }
 
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "reachy_driver", "/rosa")?;
-    let params: ReachyParams = ros::load_config(&mut node)?;
+    let declared = ros::declare_params::<ReachyParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
 
     let joints = node.create_publisher::<JointState>("/joint_states", ros::reliable(10))?;
     let tf = node.create_publisher::<TFMessage>("/tf", ros::reliable(100))?;
@@ -322,21 +366,22 @@ pub async fn run() -> anyhow::Result<()> {
                 futures::future::ready(())
             }));
         }
-        Camera::Topic { topic: source.clone(), frames: frames_rx, max_age: Duration::from_secs_f64(params.camera.max_age_sec.max(0.1)) }
+        Camera::Topic { topic: source.clone(), frames: frames_rx, max_age: clamped_seconds(params.camera.max_age_sec, 0.1, 86_400.0) }
     };
     let spinner = Spinner::start(node, Duration::from_millis(5));
 
     // The daemon: client, and the stream that keeps its state and the link.
-    let (daemon, handles) = Daemon::new(&params.daemon_url, Duration::from_secs_f64(params.request_timeout_sec.max(0.5)))?;
+    let (daemon, handles) = Daemon::new(&params.daemon_url, clamped_seconds(params.request_timeout_sec, 0.5, 3600.0))?;
     tokio::spawn(daemon::run_stream(
         daemon.base_url().to_string(),
         handles,
-        Duration::from_secs_f64(params.reconnect_sec.max(0.1)),
+        clamped_seconds(params.reconnect_sec, 0.1, 3600.0),
         Duration::from_secs(3),
     ));
 
     // Speech.
     let dir = data_dir(&params);
+    let data = DataDir::open(&dir).map_err(|e| anyhow::Error::new(ConfigurationError(format!("data_dir: {e}"))))?;
     let tts: Arc<dyn Tts> = match params.speech.engine.as_str() {
         "openai" => Arc::new(OpenAiTts {
             url: params.speech.url.clone(),
@@ -352,8 +397,9 @@ pub async fn run() -> anyhow::Result<()> {
             Arc::new(Espeak { voice: params.speech.voice.clone(), rate: params.speech.rate_wpm.clamp(80, 450) as u32 })
         }
     };
-    let sink = choose_sink(&params, &daemon, dir.clone()).await;
-    let speech = SpeechQueue::start(tts, sink, params.speech.queue_size as usize);
+    let sink = choose_sink(&params, &daemon, data.root()).await?;
+    let speech = SpeechQueue::start(tts, sink, clamped_size(params.speech.queue_size, 1, 10_000))
+        .with_max_chars(clamped_size(params.speech.max_chars, 1, 1_000_000));
     tracing::info!(output = %speech.sink_name(), "speech output");
     {
         let speech = speech.clone();
@@ -381,7 +427,9 @@ pub async fn run() -> anyhow::Result<()> {
     {
         let daemon = daemon.clone();
         let rate = rate.clone();
-        let period = Duration::from_secs_f64(1.0 / params.publish_rate_hz.clamp(1.0, 200.0));
+        let mut rate_param = declared.watch();
+        let period_now = move |p: &ReachyParams| Duration::from_secs_f64(1.0 / p.publish_rate_hz.clamp(1.0, 200.0));
+        let mut period = period_now(&rate_param.borrow());
         let mut pubs = StatePublisher { joints, tf, tf_static, description, urdf: None, urdf_text: String::new(), static_sent: false };
         tokio::spawn(async move {
             // Publish each new state from the stream (at most every `period`); check the link and
@@ -392,6 +440,9 @@ pub async fn run() -> anyhow::Result<()> {
             let mut urdf_due = true;
             let (mut count, mut window) = (0u32, std::time::Instant::now());
             loop {
+                if rate_param.has_changed().unwrap_or(false) {
+                    period = period_now(&rate_param.borrow_and_update());
+                }
                 let fresh = tokio::select! {
                     r = states.changed() => r.is_ok(),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => false,
@@ -434,18 +485,33 @@ pub async fn run() -> anyhow::Result<()> {
         let speaking = speech.speaking();
         let rate = rate.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // One status per period, and one more at once when the level changes (OK, WARN,
+            // ERROR): while the daemon is down the link goes connecting → disconnected → … at every
+            // attempt, which is no news.
+            let mut tick = tokio::time::interval(DIAGNOSTICS_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut link = daemon.link_watch();
+            let mut last_level = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {},
-                    _ = link.changed() => {},
+                    r = link.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        if Some(link_level(&link.borrow_and_update())) == last_level {
+                            continue;
+                        }
+                    }
                 }
                 let l = link.borrow_and_update().clone();
                 let r = *rate.lock().expect("rate lock");
-                if let Err(e) = diag.publish(&diagnostics(&l, &url, r, &sink, *speaking.borrow())) {
+                let msg = diagnostics(&l, &url, r, &sink, *speaking.borrow());
+                last_level = Some(link_level(&l));
+                if let Err(e) = diag.publish(&msg) {
                     tracing::warn!("cannot publish /diagnostics: {e}");
                 }
+                tick.reset();
             }
         });
     }
@@ -464,16 +530,19 @@ pub async fn run() -> anyhow::Result<()> {
         speech: speech.clone(),
         camera,
         vision,
-        data_dir: dir,
+        data_dir: data.clone(),
         emotions_dataset: params.emotions_dataset.clone(),
-        move_timeout_margin: params.move_timeout_margin_sec.max(0.5),
+        move_timeout_margin: clamped_seconds(params.move_timeout_margin_sec, 0.5, 600.0).as_secs_f64(),
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let port = u16::try_from(params.mcp_port).map_err(|_| anyhow::anyhow!("mcp_port {} is not a port", params.mcp_port))?;
-    let (addr, server) = tools::serve(ReachyTools::new(driver), &params.mcp_bind, port, &params.mcp_path, cancel.clone())
+    let guard = Guard::new(&params.mcp_access, &params.mcp_bind, data.root())
+        .map_err(|e| anyhow::Error::new(ConfigurationError(format!("{e} (./rosa setup creates it)"))))?;
+    let token = guard.requires_token();
+    let (addr, server) = tools::serve(ReachyTools::new(driver), &params.mcp_bind, port, &params.mcp_path, guard, cancel.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve MCP on {}:{}: {e}", params.mcp_bind, params.mcp_port))?;
-    tracing::info!(mcp = %format!("http://{addr}{}", params.mcp_path), daemon = %params.daemon_url, "reachy_driver ready");
+    tracing::info!(mcp = %format!("http://{addr}{}", params.mcp_path), token, daemon = %params.daemon_url, "reachy_driver ready");
 
     ros::shutdown_signal().await;
     tracing::info!("reachy_driver shutting down");

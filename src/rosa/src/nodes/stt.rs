@@ -80,6 +80,8 @@ struct Shared {
     speaking: AtomicBool,
     /// Audio is flowing (or may: a topic, a file being played).
     source_up: AtomicBool,
+    /// New listening settings (parameters set at run time) for the listening thread.
+    reconfigure: std::sync::Mutex<Option<(ListenerConfig, i64)>>,
 }
 
 fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker: Worker<Meta>, wait_for_whisper: bool, shared: Arc<Shared>, out: tokio::sync::mpsc::UnboundedSender<Out>) {
@@ -96,6 +98,13 @@ fn listen(rx: Receiver<Input>, cfg: ListenerConfig, aggressiveness: i64, worker:
     let early_transcription = !wait_for_whisper;
     let mut early_key: Option<(u64, u64)> = None;
     for input in rx {
+        let next = shared.reconfigure.lock().ok().and_then(|mut r| r.take());
+        if let Some((cfg, aggressiveness)) = next {
+            match WebRtcVad::new(aggressiveness).and_then(|vad| l.reconfigure(cfg, vad)) {
+                Ok(()) => tracing::info!("listening with the new vad.*, muting and barge-in parameters"),
+                Err(e) => tracing::error!("cannot apply the new listening parameters: {e}"),
+            }
+        }
         let speaking = shared.speaking.load(Ordering::Relaxed);
         if speaking != l.speaking() {
             l.set_speaking(speaking);
@@ -206,8 +215,10 @@ fn config_error(e: impl std::fmt::Display) -> anyhow::Error {
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "stt", "/rosa")?;
-    let params: SttParams = ros::load_config(&mut node).map_err(config_error)?;
-    params.validate().map_err(|e| config_error(format!("node /rosa/stt: {e}")))?;
+    // Declaring checks every value (SttParams::check): a wrong one is a configuration error.
+    let declared = ros::declare_params::<SttParams>(&mut node)?;
+    ros::attach_rosout(&mut node);
+    let params = declared.current();
     let source = params.source().map_err(config_error)?;
     let wav = match &source {
         SourceSpec::File(path) => Some(read_wav(path).map_err(config_error)?),
@@ -244,6 +255,16 @@ pub async fn run() -> anyhow::Result<()> {
     // (exiting with it running trips Fast DDS's and whisper.cpp's destructors).
     let result: anyhow::Result<()> = async {
         let shared = Arc::new(Shared::default());
+        {
+            let shared = shared.clone();
+            declared.on_change(move |p| {
+                if let Ok(mut r) = shared.reconfigure.lock() {
+                    *r = Some((p.listener(), p.vad.aggressiveness));
+                }
+            });
+        }
+        let mut params_rx = declared.watch();
+        let mut params = params.clone();
         let (in_tx, in_rx) = sync_channel::<Input>(256);
         let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
         let done_tx = out_tx.clone();
@@ -392,6 +413,18 @@ pub async fn run() -> anyhow::Result<()> {
                             tracing::error!(error = %e, "cannot publish /rosa/stt/listening");
                         }
                     }
+                }
+                r = params_rx.changed() => {
+                    if r.is_err() {
+                        continue;
+                    }
+                    let next = params_rx.borrow_and_update().clone();
+                    if (&next.wake_word, next.wake_window_sec) != (&params.wake_word, params.wake_window_sec) {
+                        // A new gate: a window opened by the old wake word closes.
+                        gate = WakeGate::new(&next.wake_word, next.wake_window_sec);
+                        tracing::info!(wake_word = %next.wake_word, window_sec = next.wake_window_sec, "new wake word settings");
+                    }
+                    params = next;
                 }
                 _ = &mut shutdown => {
                     tracing::info!("stt shutting down");

@@ -43,7 +43,8 @@ pub async fn run() -> anyhow::Result<()> {
     let ros = std::thread::spawn(move || -> Result<Option<Spinner>, r2r::Error> {
         let ctx = r2r::Context::create()?;
         let Ok(name) = name_rx.recv() else { return Ok(None) };
-        let node = Node::create(ctx, &name, "/rosa")?;
+        let mut node = Node::create(ctx, &name, "/rosa")?;
+        crate::ros::attach_rosout(&mut node);
         tracing::debug!("ROS node up");
         Ok(Some(Spinner::start(node, Duration::from_millis(50))))
     });
@@ -63,9 +64,9 @@ pub async fn run() -> anyhow::Result<()> {
     let _ = name_tx.send(format!("worker_{id}"));
 
     let urls = spec.llm.urls.iter().chain(spec.robots.iter().map(|(_, u)| u)).map(String::as_str);
-    let http = crate::http::client(Duration::from_secs_f64(spec.llm.connect_timeout_sec.max(0.1)), urls)?;
-    let tool_timeout = Duration::from_secs_f64(spec.tool_timeout_sec.max(0.1));
-    let last = match (OpenAiChat::with_http(&spec.llm, http.clone()), McpToolBox::connect(&spec.robots, tool_timeout, &http).await) {
+    let http = crate::http::client(crate::input::clamped_seconds(spec.llm.connect_timeout_sec, 0.1, 600.0), urls)?;
+    let tool_timeout = crate::input::clamped_seconds(spec.tool_timeout_sec, 0.1, 86_400.0);
+    let last = match (OpenAiChat::with_http(&spec.llm, http.clone()), McpToolBox::connect(&spec.robots, &spec.robot_tokens, tool_timeout, &http).await) {
         (Err(e), _) => fail(format!("worker {id}: {e}")),
         (_, Err(e)) => fail(format!("worker {id}: {e}")),
         (Ok(model), Ok(tools)) => {

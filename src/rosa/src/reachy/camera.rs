@@ -2,7 +2,8 @@
 //! V4L2 device (the Reachy Mini Lite's camera is a USB camera on the host), saved as JPEG.
 //! No r2r here.
 
-use std::path::{Path, PathBuf};
+use crate::data_dir::DataDir;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
@@ -144,13 +145,18 @@ pub fn to_jpeg(frame: &Frame) -> Result<Vec<u8>, CameraError> {
     Ok(out)
 }
 
-/// Save `jpeg` as `<dir>/picture-<time>.jpg` and return the path.
-pub fn save(dir: &Path, jpeg: &[u8]) -> Result<PathBuf, CameraError> {
-    std::fs::create_dir_all(dir).map_err(|e| CameraError::Save(format!("{}: {e}", dir.display())))?;
+/// The largest picture saved (a JPEG of the 16384×16384 [`to_jpeg`] accepts is far below it).
+pub const MAX_PICTURE_BYTES: u64 = 64 << 20;
+
+/// Encode `frame` as JPEG (off the async threads) and save it as
+/// `<data_dir>/pictures/picture-<time>.jpg`; returns the path.
+pub async fn save(data: &DataDir, frame: Frame) -> Result<PathBuf, CameraError> {
+    let jpeg = tokio::task::spawn_blocking(move || to_jpeg(&frame))
+        .await
+        .map_err(|e| CameraError::Encoding(format!("the encoder failed: {e}")))??;
     let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let path = dir.join(format!("picture-{}-{:03}.jpg", t.as_secs(), t.subsec_millis()));
-    std::fs::write(&path, jpeg).map_err(|e| CameraError::Save(format!("{}: {e}", path.display())))?;
-    Ok(path)
+    let name = format!("picture-{}-{:03}.jpg", t.as_secs(), t.subsec_millis());
+    data.write("pictures", &name, jpeg, MAX_PICTURE_BYTES).await.map_err(|e| CameraError::Save(e.to_string()))
 }
 
 #[cfg(test)]

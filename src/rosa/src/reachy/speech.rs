@@ -4,7 +4,7 @@
 //! No r2r here: the node maps `/rosa/stop_speaking` to [`SpeechQueue::stop`] and publishes
 //! [`SpeechQueue::speaking`] on `/rosa/speaking`.
 
-use std::path::PathBuf;
+use crate::data_dir::DataDir;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,48 @@ pub enum SpeechError {
     Full(usize),
     #[error("nothing to say: the text is empty")]
     Empty,
+    #[error("the text is {chars} characters, more than the {max} one utterance may have (speech.max_chars): say it in shorter parts")]
+    TooLong { chars: usize, max: usize },
+}
+
+/// Characters one `say` may have by default (about five minutes of speech).
+pub const DEFAULT_MAX_CHARS: usize = 5000;
+
+/// Bytes of text handed to the engine at once. espeak-ng takes its text as one argument, which
+/// Linux caps at 128 KiB (MAX_ARG_STRLEN: "Argument list too long"), and speech endpoints cap their
+/// input (OpenAI's at 4096 characters); short pieces also start speaking sooner and stop sooner.
+pub const PIECE_BYTES: usize = 1000;
+
+/// `text` in pieces of at most `max_bytes` bytes, cut after a sentence end (. ! ? ; : or a line
+/// break) when there is one, else at a space, else at a character boundary. Pieces are trimmed
+/// and never empty.
+pub fn pieces(text: &str, max_bytes: usize) -> Vec<&str> {
+    let max_bytes = max_bytes.max(4);
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        if rest.len() <= max_bytes {
+            out.push(rest);
+            break;
+        }
+        let mut limit = max_bytes;
+        while !rest.is_char_boundary(limit) {
+            limit -= 1;
+        }
+        let head = &rest[..limit];
+        let cut = head
+            .rfind(|c: char| matches!(c, '.' | '!' | '?' | ';' | ':' | '\n'))
+            .map(|i| i + 1)
+            .filter(|&i| i > limit / 4)
+            .or_else(|| head.rfind(char::is_whitespace).filter(|&i| i > 0))
+            .unwrap_or(limit);
+        let piece = rest[..cut].trim();
+        if !piece.is_empty() {
+            out.push(piece);
+        }
+        rest = rest[cut..].trim_start();
+    }
+    out
 }
 
 /// Mono 16-bit audio.
@@ -169,24 +211,30 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<u64>) -> bool {
     }
 }
 
-/// Writes each utterance as a WAV file (`speech-<n>.wav`) in `dir`, and takes the audio's duration
-/// as if it were played (so `/rosa/speaking` is true as long as a speaker would speak). For
-/// machines without audio (headless tests, CI) and for recording.
+/// Writes each utterance as a WAV file (`speech-<n>.wav`) in `dir` (a [`DataDir`]: never through a
+/// planted symlink or FIFO, off the async threads), and takes the audio's duration as if it were
+/// played (so `/rosa/speaking` is true as long as a speaker would speak). For machines without
+/// audio (headless tests, CI) and for recording.
 pub struct WavFiles {
-    pub dir: PathBuf,
+    pub dir: DataDir,
     pub count: AtomicU64,
 }
+
+/// The largest WAV written (an hour of 22 kHz speech is 160 MB; a piece is far shorter).
+pub const MAX_WAV_BYTES: u64 = 256 << 20;
 
 #[async_trait::async_trait]
 impl AudioSink for WavFiles {
     fn name(&self) -> String {
-        format!("WAV files in {}", self.dir.display())
+        format!("WAV files in {}", self.dir.root().display())
     }
     async fn play(&self, audio: &Audio, stop: &mut watch::Receiver<u64>) -> Result<(), SpeechError> {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        let path = self.dir.join(format!("speech-{n:04}.wav"));
-        tokio::fs::create_dir_all(&self.dir).await.map_err(|e| SpeechError::Output(format!("{}: {e}", self.dir.display())))?;
-        tokio::fs::write(&path, audio.to_wav()).await.map_err(|e| SpeechError::Output(format!("{}: {e}", path.display())))?;
+        let path = self
+            .dir
+            .write("", &format!("speech-{n:04}.wav"), audio.to_wav(), MAX_WAV_BYTES)
+            .await
+            .map_err(|e| SpeechError::Output(e.to_string()))?;
         tracing::info!(path = %path.display(), seconds = audio.duration().as_secs_f64(), "speech written");
         sleep_or_stop(audio.duration(), stop).await;
         Ok(())
@@ -221,10 +269,11 @@ impl AudioSink for DaemonSpeaker {
 pub struct LocalSpeaker;
 
 impl LocalSpeaker {
-    /// Whether there is a default output device at all.
+    /// Whether there is a default output device that can be opened (ALSA names a `default`
+    /// device even on a machine without a sound card; opening it then fails).
     pub fn available() -> bool {
-        use cpal::traits::HostTrait;
-        cpal::default_host().default_output_device().is_some()
+        use cpal::traits::{DeviceTrait, HostTrait};
+        cpal::default_host().default_output_device().is_some_and(|d| d.default_output_config().is_ok())
     }
 }
 
@@ -305,6 +354,7 @@ pub struct SpeechQueue {
     speaking: watch::Receiver<bool>,
     waiting: Arc<AtomicUsize>,
     capacity: usize,
+    max_chars: usize,
     sink_name: String,
 }
 
@@ -329,18 +379,24 @@ impl SpeechQueue {
                     }
                     let mut stop = stop_rx.clone();
                     stop.mark_unchanged();
-                    let audio = tokio::select! {
-                        a = tts.synthesize(&u.text) => a,
-                        _ = stopped(&mut stop) => continue,
-                    };
-                    match audio {
-                        Ok(audio) => {
-                            speaking_tx.send_replace(true);
-                            if let Err(e) = sink.play(&audio, &mut stop).await {
-                                tracing::error!("speech: {e}");
+                    // Piece by piece: the engine never gets more than it takes.
+                    for piece in pieces(&u.text, PIECE_BYTES) {
+                        let audio = tokio::select! {
+                            a = tts.synthesize(piece) => a,
+                            _ = stopped(&mut stop) => break,
+                        };
+                        match audio {
+                            Ok(audio) => {
+                                speaking_tx.send_replace(true);
+                                if let Err(e) = sink.play(&audio, &mut stop).await {
+                                    tracing::error!("speech: {e}");
+                                }
                             }
+                            Err(e) => tracing::error!("speech: {e}"),
                         }
-                        Err(e) => tracing::error!("speech: {e}"),
+                        if u.generation != generation.load(Ordering::Relaxed) {
+                            break; // stopped while playing
+                        }
                     }
                     if waiting.load(Ordering::Relaxed) == 0 || u.generation != generation.load(Ordering::Relaxed) {
                         speaking_tx.send_replace(false);
@@ -348,7 +404,13 @@ impl SpeechQueue {
                 }
             });
         }
-        Self { tx, generation, stop_tx: Arc::new(stop_tx), speaking, waiting, capacity, sink_name }
+        Self { tx, generation, stop_tx: Arc::new(stop_tx), speaking, waiting, capacity, max_chars: DEFAULT_MAX_CHARS, sink_name }
+    }
+
+    /// Refuse texts longer than `max_chars` characters (speech.max_chars).
+    pub fn with_max_chars(mut self, max_chars: usize) -> Self {
+        self.max_chars = max_chars.max(1);
+        self
     }
 
     /// Queue `text`; with `interrupt`, stop what is being said and drop what waits first.
@@ -357,6 +419,11 @@ impl SpeechQueue {
         let text = text.trim();
         if text.is_empty() {
             return Err(SpeechError::Empty);
+        }
+        // Counted without walking more than max_chars + 1 characters of a huge text.
+        let chars = text.chars().take(self.max_chars.saturating_add(1)).count();
+        if chars > self.max_chars {
+            return Err(SpeechError::TooLong { chars: text.chars().count(), max: self.max_chars });
         }
         if interrupt {
             self.stop();
@@ -462,6 +529,54 @@ mod tests {
             full |= matches!(q.say("a b c d e f g h i j", false), Err(SpeechError::Full(1)));
         }
         assert!(full);
+    }
+
+    /// A TTS that records the pieces it was given and refuses more than espeak takes.
+    #[derive(Default)]
+    struct Pieces(Mutex<Vec<String>>);
+    #[async_trait::async_trait]
+    impl Tts for Pieces {
+        async fn synthesize(&self, text: &str) -> Result<Audio, SpeechError> {
+            if text.len() > PIECE_BYTES {
+                return Err(SpeechError::Tts("Argument list too long".into()));
+            }
+            self.0.lock().unwrap().push(text.to_string());
+            Ok(Audio { samples: vec![0; 16], sample_rate: 16_000 })
+        }
+    }
+
+    #[tokio::test]
+    async fn long_texts_are_refused_and_the_engine_gets_pieces_it_takes() {
+        let tts = Arc::new(Pieces::default());
+        let q = SpeechQueue::start(tts.clone(), Arc::new(Recorder::default()), 4);
+        let huge = "word ".repeat(80_000); // 400 kB
+        match q.say(&huge, false) {
+            Err(SpeechError::TooLong { chars, max }) => assert_eq!((chars, max), (399_999, DEFAULT_MAX_CHARS)),
+            other => panic!("{other:?}"),
+        }
+        let q = q.with_max_chars(usize::MAX);
+        let text = "This is a sentence. ".repeat(500) + &"x".repeat(3000); // 13 kB, and a 3 kB "word"
+        q.say(&text, false).unwrap();
+        let mut speaking = q.speaking();
+        wait_for(&mut speaking, true).await;
+        wait_for(&mut speaking, false).await;
+        let got = tts.0.lock().unwrap().clone();
+        assert!(got.len() >= 13, "{}", got.len());
+        assert!(got.iter().all(|p| !p.is_empty() && p.len() <= PIECE_BYTES));
+        assert_eq!(got.concat().replace(' ', ""), text.replace(' ', ""), "nothing lost");
+        assert!(got[0].ends_with('.'), "cut after a sentence: {:?}", &got[0][got[0].len() - 20..]);
+    }
+
+    #[test]
+    fn pieces_cover_the_text() {
+        assert_eq!(pieces("  ", 10), Vec::<&str>::new());
+        assert_eq!(pieces("Hi there. How are you?", 12), vec!["Hi there.", "How are you?"]);
+        assert_eq!(pieces("ééééé", 4), vec!["éé", "éé", "é"]);
+        for (t, n) in [("a b c d e f g", 3), ("abcdefghij", 4), ("one. two! three? four", 9)] {
+            let p = pieces(t, n);
+            assert!(p.iter().all(|x| x.len() <= n.max(4)), "{p:?}");
+            assert_eq!(p.concat().replace(' ', ""), t.replace(' ', ""));
+        }
     }
 
     #[test]

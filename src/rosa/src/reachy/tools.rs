@@ -16,7 +16,8 @@ use rmcp::{tool, tool_handler, tool_router, ErrorData as McpError, ServerHandler
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::f64::consts::FRAC_PI_2;
-use std::path::PathBuf;
+use crate::data_dir::DataDir;
+use crate::mcp_server::Guard;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,8 @@ pub struct Driver {
     pub speech: SpeechQueue,
     pub camera: Camera,
     pub vision: Option<Vision>,
-    pub data_dir: PathBuf,
+    /// Where pictures go and the only place images are read from (see [`DataDir`]).
+    pub data_dir: DataDir,
     pub emotions_dataset: String,
     /// Extra time allowed past a move's duration when waiting for it, seconds.
     pub move_timeout_margin: f64,
@@ -120,7 +122,8 @@ pub struct TakePicture {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct DescribeImage {
-    /// A local file path (e.g. from take_picture) or an http(s) URL of a JPEG/PNG image.
+    /// A JPEG/PNG/GIF/WebP file of the robot's data dir (e.g. a path from take_picture; relative
+    /// paths are taken in the data dir; nothing outside it is read) or an http(s) URL.
     pub image: String,
     /// What to ask about the image (default: describe it briefly).
     pub question: Option<String>,
@@ -448,7 +451,7 @@ impl ReachyTools {
             Ok(f) => f,
             Err(e) => return fail(format!("take_picture: {e}")),
         };
-        let path = match camera::to_jpeg(&frame).and_then(|j| camera::save(&self.driver.data_dir.join("pictures"), &j)) {
+        let path = match camera::save(&self.driver.data_dir, frame).await {
             Ok(p) => p,
             Err(e) => return fail(format!("take_picture: {e}")),
         };
@@ -456,7 +459,7 @@ impl ReachyTools {
         if p.describe.unwrap_or(false) || p.question.is_some() {
             match &self.driver.vision {
                 None => text += "; no vision model is configured to describe it",
-                Some(v) => match v.describe(&path.to_string_lossy(), p.question.as_deref().unwrap_or_default()).await {
+                Some(v) => match v.describe(&self.driver.data_dir, &path.to_string_lossy(), p.question.as_deref().unwrap_or_default()).await {
                     Ok(d) => text += &format!("\n{d}"),
                     Err(e) => text += &format!("; describing it failed: {e}"),
                 },
@@ -465,10 +468,10 @@ impl ReachyTools {
         ok(text)
     }
 
-    #[tool(description = "Describe an image (a local path such as one from take_picture, or an http(s) URL) with a vision model, or answer a question about it.")]
+    #[tool(description = "Describe an image (a file of the robot's data dir such as a path from take_picture, or an http(s) URL) with a vision model, or answer a question about it.")]
     async fn describe_image(&self, Parameters(p): Parameters<DescribeImage>) -> Result<CallToolResult, McpError> {
         let Some(v) = &self.driver.vision else { return fail("describe_image: no vision model is configured (vision.urls)") };
-        match v.describe(&p.image, p.question.as_deref().unwrap_or_default()).await {
+        match v.describe(&self.driver.data_dir, &p.image, p.question.as_deref().unwrap_or_default()).await {
             Ok(d) => ok(d),
             Err(e) => fail(format!("describe_image: {e}")),
         }
@@ -509,31 +512,17 @@ impl ServerHandler for ReachyTools {
     }
 }
 
-/// Serve the tools over streamable HTTP at `http://<bind>:<port><path>` until `cancel`.
+/// Serve the tools over streamable HTTP at `http://<bind>:<port><path>` until `cancel`, with the
+/// Origin and token checks of `guard` (see [`crate::mcp_server`]).
 pub async fn serve(
     tools: ReachyTools,
     bind: &str,
     port: u16,
     path: &str,
+    guard: Guard,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    use rmcp::transport::streamable_http_server::{session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService};
-    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(cancel.child_token());
-    if !matches!(bind, "127.0.0.1" | "localhost" | "::1") {
-        // Bound beyond loopback on purpose: accept any Host header.
-        config = config.disable_allowed_hosts();
-    }
-    let service: StreamableHttpService<ReachyTools, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(tools.clone()), Default::default(), config);
-    let router = axum::Router::new().nest_service(path, service);
-    let listener = tokio::net::TcpListener::bind((bind, port)).await?;
-    let addr = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled_owned().await }).await {
-            tracing::error!("MCP server: {e}");
-        }
-    });
-    Ok((addr, handle))
+    crate::mcp_server::serve(tools, bind, port, path, guard, cancel).await
 }
 
 #[cfg(test)]
@@ -614,19 +603,19 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("rosa-tools-test-{}", std::process::id()));
         let (daemon, _handles) = Daemon::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
-        let sink = Arc::new(WavFiles { dir: dir.join("speech"), count: Default::default() });
+        let sink = Arc::new(WavFiles { dir: DataDir::open(&dir.join("speech")).unwrap(), count: Default::default() });
         let driver = Arc::new(Driver {
             daemon,
             limits: Limits::default(),
             speech: SpeechQueue::start(Arc::new(Beep), sink, 4),
             camera: Camera::None,
             vision: None,
-            data_dir: dir.clone(),
+            data_dir: DataDir::open(&dir).unwrap(),
             emotions_dataset: "pollen-robotics/reachy-mini-emotions-library".into(),
             move_timeout_margin: 1.0,
         });
         let cancel = tokio_util::sync::CancellationToken::new();
-        let (addr, server) = serve(ReachyTools::new(driver), "127.0.0.1", 0, "/mcp", cancel.clone()).await.unwrap();
+        let (addr, server) = serve(ReachyTools::new(driver), "127.0.0.1", 0, "/mcp", Guard::loopback(), cancel.clone()).await.unwrap();
         let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp")));
         let client = ClientConfig::default().serve(transport).await.unwrap();
         let call = |name: &str, args: serde_json::Value| {
@@ -675,6 +664,84 @@ mod tests {
         let _ = client.cancel().await;
         cancel.cancel();
         let _ = server.await;
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    /// 10,000 calls with fuzzed arguments (hostile strings, NaN/inf-ish numbers, wrong types,
+    /// unknown tools, paths at /etc/shadow, /dev/zero, FIFOs and symlinks out) through the real
+    /// router over an in-memory MCP session: the server answers every one and never panics.
+    #[tokio::test]
+    async fn fuzzed_tool_arguments_never_panic() {
+        use crate::fuzz_tests::{Rng, CASES};
+        use crate::reachy::speech::{Audio, SpeechError, Tts, WavFiles};
+        use rmcp::model::{CallToolRequestParams, ClientConfig};
+        use rmcp::ServiceExt;
+
+        struct Beep;
+        #[async_trait::async_trait]
+        impl Tts for Beep {
+            async fn synthesize(&self, _: &str) -> Result<Audio, SpeechError> {
+                Ok(Audio { samples: vec![1000; 16], sample_rate: 16_000 })
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("rosa-tools-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = DataDir::open(&dir.join("data")).unwrap();
+        std::fs::write(dir.join("outside.jpg"), [0xFF, 0xD8, 0xFF, 0]).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside.jpg"), data.root().join("link.jpg")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", data.root().join("zero.jpg")).unwrap();
+        let fifo = std::ffi::CString::new(data.root().join("fifo.jpg").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let (daemon, _handles) = Daemon::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
+        let vision = Vision::new(crate::config::LlmConfig { urls: vec!["http://127.0.0.1:9/v1".into()], ..Default::default() }).unwrap();
+        let sink = Arc::new(WavFiles { dir: DataDir::open(&dir.join("speech")).unwrap(), count: Default::default() });
+        let driver = Arc::new(Driver {
+            daemon,
+            limits: Limits::default(),
+            speech: SpeechQueue::start(Arc::new(Beep), sink, 4),
+            camera: Camera::None,
+            vision: Some(vision),
+            data_dir: data,
+            emotions_dataset: "pollen-robotics/reachy-mini-emotions-library".into(),
+            move_timeout_margin: 1.0,
+        });
+        let (server_io, client_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let running = ReachyTools::new(driver).serve(server_io).await.expect("server up");
+            let _ = running.waiting().await;
+        });
+        let client = ClientConfig::default().serve(client_io).await.unwrap();
+        let names = ["goto_target", "move_head_left", "move_head_right", "reset_head", "stop_move", "wake_up", "go_to_sleep",
+                     "list_emotions", "play_emotion", "take_picture", "describe_image", "speak", "move_to_audio", "no_such_tool", ""];
+        let paths = ["/etc/shadow", "/dev/zero", "fifo.jpg", "link.jpg", "zero.jpg", "../outside.jpg", "/proc/self/environ",
+                     "http://127.0.0.1:9/x.jpg", "data:image/png;base64,AAAA", "", "\0"];
+        let mut rng = Rng::new(0x5eed_0005);
+        let (mut results, mut refused) = (0, 0);
+        for i in 0..CASES {
+            let name = *rng.pick(&names);
+            let mut args = match rng.json(3) {
+                serde_json::Value::Object(m) => m,
+                other => serde_json::Map::from_iter([("text".to_string(), other)]),
+            };
+            if name == "describe_image" && rng.below(2) == 0 {
+                args.insert("image".into(), serde_json::json!(rng.pick(&paths)));
+            }
+            let p = CallToolRequestParams::new(name.to_string()).with_arguments(args.clone());
+            match tokio::time::timeout(Duration::from_secs(10), client.call_tool(p)).await {
+                Err(_) => panic!("case {i}: {name} {args:?} did not answer"),
+                Ok(Ok(r)) => {
+                    results += 1;
+                    let text: String = r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect();
+                    if name == "describe_image" && text.contains("data dir") {
+                        assert!(!text.contains("No such file") && !text.contains("JPEG"), "case {i}: an oracle: {text}");
+                    }
+                }
+                Ok(Err(_)) => refused += 1, // not routable: unknown tool, arguments of the wrong shape
+            }
+        }
+        assert!(results > 3000 && refused > 1000, "results {results}, refused {refused}");
+        assert!(client.list_all_tools().await.unwrap().len() >= 13, "the server still serves");
+        let _ = client.cancel().await;
+        server.abort();
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -77,21 +77,27 @@ impl VoiceDetector for WebRtcVad {
 }
 
 /// Endpointing parameters (the stt node's `vad.*` parameters).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct EndpointConfig {
     /// VAD frame: 10, 20 or 30 ms.
+    #[schemars(range(min = 10, max = 30))]
     pub frame_ms: u32,
     /// Audio kept before the detected start of speech, seconds.
+    #[schemars(range(min = 0.0, max = 10.0))]
     pub pre_roll_sec: f64,
     /// Shorter speech is dropped (coughs, clicks), seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub min_utterance_sec: f64,
     /// Silence that ends an utterance, seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub end_silence_sec: f64,
     /// Longer speech is cut into utterances of this length, seconds.
+    #[schemars(range(min = 0.0, max = 600.0))]
     pub max_utterance_sec: f64,
     /// Start whisper on a pause this long, before the end silence has passed (its transcript is
     /// published as soon as the pause turns out to be the end); 0 = off. Seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub early_transcribe_sec: f64,
 }
 

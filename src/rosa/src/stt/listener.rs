@@ -67,6 +67,19 @@ impl<V: VoiceDetector> Listener<V> {
         Ok(Self { cfg, ep, resampler: None, speaking: false, mute_until: 0, barged: false, anchor: None })
     }
 
+    /// New settings (parameters set at run time), with a new VAD: the stream position goes on,
+    /// speech in progress is dropped.
+    pub fn reconfigure(&mut self, cfg: ListenerConfig, vad: V) -> Result<(), EndpointError> {
+        let mut next = Self::new(cfg, vad)?;
+        next.ep.skip(self.position());
+        next.resampler = self.resampler.take();
+        next.anchor = self.anchor;
+        next.mute_until = self.mute_until;
+        next.speaking = self.speaking;
+        *self = next;
+        Ok(())
+    }
+
     /// Stream position: 16 kHz samples heard (or skipped) so far.
     pub fn position(&self) -> u64 {
         self.ep.position()

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 
 /// Voice activity detection and endpointing (`vad.*`): the VAD's aggressiveness, and the
 /// endpointer's own configuration under the same names (`vad.frame_ms`, `vad.end_silence_sec`…).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct VadParams {
     /// WebRTC VAD aggressiveness, 0 (keeps most sound as speech) to 3 (most aggressive).
+    #[schemars(range(min = 0, max = 3))]
     pub aggressiveness: i64,
     #[serde(flatten)]
     pub endpoint: EndpointConfig,
@@ -24,7 +25,7 @@ impl Default for VadParams {
 }
 
 /// Parameters of the stt node (see `config/rosa.yaml` and README.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct SttParams {
     /// `default` (input device), `device:<name>`, `file:<wav>`, `topic:<name>` (AudioData), `none`.
@@ -33,34 +34,44 @@ pub struct SttParams {
     pub file_realtime: bool,
     /// `file:` sources: wait up to this long for a subscriber of /rosa/stt/transcript (the kernel, a
     /// test) before playing, so that nothing said is lost; 0 = play at once. Seconds.
+    #[schemars(range(min = 0.0, max = 3600.0))]
     pub file_wait_sec: f64,
     /// A ggml whisper model: absolute, or relative to .rosa/models (see README.md).
     pub model: String,
     /// Spoken language for multilingual models (English-only models ignore it).
     pub language: String,
     /// whisper threads; 0 = one per core.
+    #[schemars(range(min = 0, max = 256))]
     pub threads: u32,
     /// whisper encoder context (20 ms frames): 0 = the full 30 s; -1 = fit each utterance (faster,
     /// much less accurate with tiny.en); n = n frames.
+    #[schemars(range(min = -1, max = 1500))]
     pub audio_ctx: i64,
     /// Beam search width; 1 = greedy decoding.
+    #[schemars(range(min = 1, max = 16))]
     pub beam_size: i64,
     /// Text that primes whisper's decoder (names, vocabulary); empty = none.
     pub initial_prompt: String,
     /// whisper segments more likely than this not to be speech are dropped.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub no_speech_threshold: f64,
     /// Utterances waiting for whisper; more are dropped (counted and logged).
+    #[schemars(range(min = 1, max = 1000))]
     pub queue_size: u64,
+    /// Voice activity detection and endpointing.
     pub vad: VadParams,
     /// Forward only what follows this word (and what comes within the window); empty = everything.
     pub wake_word: String,
     /// After the wake word (or a forwarded utterance), how long utterances are forwarded, seconds.
+    #[schemars(range(min = 0.0, max = 86400.0))]
     pub wake_window_sec: f64,
     /// Audio skipped after the robot stops speaking (its echo), seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub speaking_tail_sec: f64,
     /// Let the user interrupt the robot: speech while it speaks asks it to stop (/rosa/stop_speaking).
     pub barge_in: bool,
     /// Speech needed to barge in, seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
     pub barge_in_sec: f64,
     /// header.frame_id of the transcripts.
     pub frame_id: String,
@@ -90,6 +101,17 @@ impl Default for SttParams {
             barge_in_sec: l.barge_in_sec,
             frame_id: "microphone".into(),
         }
+    }
+}
+
+impl crate::params::NodeParams for SttParams {
+    // Listening (VAD, endpointing, muting, barge-in), the wake word and the transcripts' frame are
+    // applied at once; the audio source, the model and whisper's threads/context/queue at start.
+    const DYNAMIC: &'static [&'static str] =
+        &["vad.", "wake_word", "wake_window_sec", "speaking_tail_sec", "barge_in", "barge_in_sec", "frame_id"];
+
+    fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())
     }
 }
 
