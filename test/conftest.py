@@ -27,6 +27,8 @@ from support.mcp_recorder import McpRecorder  # noqa: E402
 from support.scripted_llm import ScriptedLLM  # noqa: E402
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# rosa's Fast DDS profile (loopback, a shared-memory queue sized for bursts) for the peer and the nodes.
+os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_loopback.xml"))
 
 import rclpy  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
@@ -208,8 +210,10 @@ class Graph:
 
     def env(self):
         env = dict(os.environ)
+        # Each test's own data dir: the kernel's and the process manager's journals live there.
         env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                   RUST_LOG=env.get("RUST_LOG", "info"), ROSA_CONFIG_DIR=str(ROOT / "config"))
+                   RUST_LOG=env.get("RUST_LOG", "info"), ROSA_CONFIG_DIR=str(ROOT / "config"),
+                   ROSA_DATA_DIR=str(self.tmp / "data"))
         return env
 
     def start(self, name, **params):

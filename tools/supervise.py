@@ -253,6 +253,9 @@ def main():
                    help="the stt node's audio_source: default, device:<name>, file:<wav>, topic:<name> or none")
     p.add_argument("--no-stt", action="store_true", help="do not start the speech-to-text node")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
+    p.add_argument("--dds-network", action="store_true",
+                   help="do not lock DDS to loopback (config/fastdds_loopback.xml): other machines can then "
+                        "discover the graph, as ROS_AUTOMATIC_DISCOVERY_RANGE says")
     args = p.parse_args()
 
     prefix = Path(os.environ.get("ROSA_INSTALL", ROOT / "install")) / "rosa" / "lib" / "rosa"
@@ -287,6 +290,13 @@ def main():
         node_overrides["stt"] += ["-p", f"audio_source:={args.audio_source}"]
 
     env = dict(os.environ)
+    profile = ROOT / "config" / "fastdds_loopback.xml"
+    if not args.dds_network and not env.get("FASTRTPS_DEFAULT_PROFILES_FILE") and profile.exists():
+        # Every DDS socket on 127.0.0.1 and a shared-memory queue sized for bursts (README "Sockets").
+        # SUBNET makes rmw_fastrtps leave the transports to the profile (LOCALHOST adds a UDP
+        # transport on every interface); the profile keeps discovery on this host.
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("ROSA_CONFIG_DIR", str(ROOT / "config"))
     env.setdefault("RUST_LOG", "info")
@@ -323,7 +333,9 @@ def main():
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"rosa: logs in {log_dir}; ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops everything")
+    dds = ("DDS on loopback only (config/fastdds_loopback.xml)" if env.get("FASTRTPS_DEFAULT_PROFILES_FILE") == str(profile)
+           else f"DDS discovery range {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}")
+    print(f"rosa: logs in {log_dir}; ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; {dds}; Ctrl-C stops everything")
     for line in llm_notes:
         print(line, flush=True)
     if with_llm_server and any("preload:=true" in a for a in llm_server_overrides):

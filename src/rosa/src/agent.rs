@@ -244,6 +244,47 @@ impl Memory {
     }
 }
 
+/// What a [`Memory`] holds besides its system prompt and budget: what the kernel journals so that
+/// a restarted kernel keeps its conversation (`kernel_queue`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemorySnapshot {
+    pub turns: Vec<Vec<Message>>,
+    pub dropped: Vec<String>,
+    pub dropped_total: usize,
+}
+
+impl Memory {
+    /// The messages of the newest turn (the one a finished `run_turn` added).
+    pub fn last_turn(&self) -> Vec<Message> {
+        self.turns.back().cloned().unwrap_or_default()
+    }
+
+    pub fn snapshot(&self) -> MemorySnapshot {
+        MemorySnapshot {
+            turns: self.turns.iter().cloned().collect(),
+            dropped: self.dropped.iter().cloned().collect(),
+            dropped_total: self.dropped_total,
+        }
+    }
+
+    /// Replace the conversation with `s` (system prompt and budget stay), within the budget.
+    pub fn restore(&mut self, s: MemorySnapshot) {
+        self.turns = s.turns.into();
+        self.dropped = s.dropped.into();
+        self.dropped_total = s.dropped_total;
+        self.trim();
+    }
+
+    /// Append a whole finished turn (replaying a journal), within the budget.
+    pub fn push_turn(&mut self, turn: Vec<Message>) {
+        if turn.is_empty() {
+            return;
+        }
+        self.turns.push_back(turn);
+        self.trim();
+    }
+}
+
 /// The agent: a model, a memory and the options of its turns.
 pub struct Agent<M: ?Sized> {
     pub memory: Memory,

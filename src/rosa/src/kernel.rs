@@ -3,17 +3,19 @@
 //! No r2r here: the node (`nodes::kernel`) feeds [`Event`]s in, implements [`ProcessControl`] with
 //! the process manager's action and services, and [`KernelOutput`] with publishers.
 
-use crate::agent::{Agent, ToolBox, ToolOutput};
+use crate::agent::{Agent, AgentEvent, ToolBox, ToolOutput};
+use crate::kernel_queue::KernelQueue;
 use crate::llm::{ChatModel, ToolSpec};
 use crate::robots::Robot;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// Where an event came from (the `source` of `rosa_interfaces/msg/KernelEvent`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     Command,
     Transcript,
@@ -63,32 +65,6 @@ impl Event {
         let mut e = Self::new(Source::Chat, format!("[User typed] {}", prompt.trim()));
         e.reply = Some(tx);
         (e, rx)
-    }
-}
-
-/// The producer side of the event queue. A full queue refuses the event (and says so), it never
-/// drops one silently.
-#[derive(Clone)]
-pub struct EventQueue {
-    tx: mpsc::Sender<Event>,
-    capacity: usize,
-}
-
-impl EventQueue {
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
-        let capacity = capacity.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx, capacity }, rx)
-    }
-
-    /// Queue an event; on refusal, the event comes back with the reason.
-    pub fn push(&self, event: Event) -> Result<(), (Event, String)> {
-        self.tx.try_send(event).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(ev) => {
-                (ev, format!("the kernel's event queue is full ({} events waiting)", self.capacity))
-            }
-            mpsc::error::TrySendError::Closed(ev) => (ev, "the kernel has stopped".to_string()),
-        })
     }
 }
 
@@ -337,8 +313,28 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
         self.agent.memory.set_system(render_prompt(&self.prompt_template, &robots));
     }
 
+    /// Continue `/rosa/events` numbering after `seq` (a restarted kernel).
+    pub fn resume_seq(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
+    /// The `seq` the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.seq + 1
+    }
+
     /// Consume one event: publish it, run the agent, publish (and return) the reply.
-    pub async fn handle(&mut self, mut event: Event, out: &dyn KernelOutput) -> Result<String, String> {
+    pub async fn handle(&mut self, event: Event, out: &dyn KernelOutput) -> Result<String, String> {
+        self.handle_with(event, out, &mut |_| {}).await
+    }
+
+    /// [`handle`](Self::handle), telling `progress` about each step of the agent (the journal).
+    pub async fn handle_with(
+        &mut self,
+        mut event: Event,
+        out: &dyn KernelOutput,
+        progress: &mut (dyn FnMut(&AgentEvent) + Send),
+    ) -> Result<String, String> {
         self.seq += 1;
         out.event(self.seq, event.source, &event.text, event.received);
         if let Some(rx) = self.limits.as_mut().filter(|rx| rx.has_changed().unwrap_or(false)) {
@@ -354,7 +350,10 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
         tracing::info!(seq = self.seq, source = event.source.as_str(), text = %event.text, "event");
         let result = self
             .agent
-            .run_turn(event.text.clone(), &self.tools, &mut |e| tracing::debug!(?e, "kernel agent"))
+            .run_turn(event.text.clone(), &self.tools, &mut |e| {
+                tracing::debug!(?e, "kernel agent");
+                progress(&e);
+            })
             .await;
         let result = match result.map(|t| t.text) {
             Ok(reply) => {
@@ -376,12 +375,20 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
         result
     }
 
-    /// Run until the queue closes; `status` says which event is being handled.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, out: Arc<dyn KernelOutput>, status: KernelStatus) {
-        while let Some(event) = rx.recv().await {
-            status.set(Some(self.seq + 1));
-            let _ = self.handle(event, out.as_ref()).await;
+    /// Run until the queue closes: take each event in order, journal its progress, answer it;
+    /// `status` says which event is being handled (events arriving meanwhile are queued out loud).
+    pub async fn run(mut self, queue: Arc<KernelQueue>, out: Arc<dyn KernelOutput>, status: KernelStatus) {
+        while let Some(q) = queue.next().await {
+            let id = q.id;
+            let mut event = q.event;
+            if let Some(tools) = &q.interrupted {
+                event.text = crate::kernel_queue::resumed_text(&event.text, tools);
+            }
+            queue.started(id, self.next_seq());
+            status.set(Some(self.next_seq()));
+            let _ = self.handle_with(event, out.as_ref(), &mut |e| queue.progress(id, e)).await;
             status.set(None);
+            queue.done(id, &self.agent.memory);
         }
     }
 }
@@ -460,16 +467,6 @@ mod tests {
             Event::worker_callback("w1", "waved", true).text,
             "[Worker callback] waved (worker_id=w1, done=true)"
         );
-    }
-
-    #[test]
-    fn a_full_queue_refuses_with_a_reason() {
-        let (q, _rx) = EventQueue::new(2);
-        q.push(Event::command("a")).unwrap();
-        q.push(Event::command("b")).unwrap();
-        let (ev, why) = q.push(Event::command("c")).unwrap_err();
-        assert_eq!(ev.text, "[User typed] c");
-        assert!(why.contains("full (2 events"), "{why}");
     }
 
     #[tokio::test]

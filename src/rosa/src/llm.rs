@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// One message of a conversation (the OpenAI chat roles).
-#[derive(Debug, Clone, PartialEq)]
+/// One message of a conversation (the OpenAI chat roles). Serializable: the kernel journals its
+/// conversation memory (`kernel_queue`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Message {
     System(String),
     User(String),

@@ -8,7 +8,7 @@ use crate::config::LlmConfig;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -73,7 +73,7 @@ pub fn worker_id_for_goal(uuid: &[u8]) -> String {
     format!("w{hex}")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Starting,
@@ -210,6 +210,9 @@ pub struct WorkerProcess {
     pub child: Child,
     pub pid: i32,
     pub reports: Lines<BufReader<ChildStdout>>,
+    /// The write end of the worker's stdin, kept open and never written after the spec: the worker
+    /// exits when it reads end-of-file, i.e. when this process manager dies, however it dies.
+    pub lifeline: ChildStdin,
 }
 
 /// A started worker waiting for its spec (the warm pool): it has already paid for exec, dynamic
@@ -231,7 +234,7 @@ impl IdleWorker {
         self.pid
     }
 
-    /// Hand the worker its spec (stdin is closed after it): it starts at once.
+    /// Hand the worker its spec (one JSON line; stdin then stays open as its lifeline): it starts at once.
     pub async fn assign(mut self, spec: &WorkerSpec) -> Result<WorkerProcess, SpawnError> {
         let mut doc = serde_json::to_vec(spec).map_err(|e| SpawnError::Spec(e.into()))?;
         doc.push(b'\n');
@@ -240,8 +243,12 @@ impl IdleWorker {
             let _ = self.child.wait().await;
             return Err(SpawnError::Spec(e));
         }
-        drop(self.stdin);
-        Ok(WorkerProcess { child: self.child, pid: self.pid, reports: BufReader::new(self.stdout).lines() })
+        if let Err(e) = self.stdin.flush().await {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+            return Err(SpawnError::Spec(e));
+        }
+        Ok(WorkerProcess { child: self.child, pid: self.pid, reports: BufReader::new(self.stdout).lines(), lifeline: self.stdin })
     }
 }
 
@@ -282,6 +289,75 @@ pub fn spawn_idle(exe: &Path, args: &[String]) -> Result<IdleWorker, SpawnError>
 /// Start a worker and hand it `spec`.
 pub async fn spawn_worker(exe: &Path, args: &[String], spec: &WorkerSpec) -> Result<WorkerProcess, SpawnError> {
     spawn_idle(exe, args)?.assign(spec).await
+}
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with the pid,
+/// what identifies a process across a restart of this node (pids are recycled).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is the process `pid` still the one that started at `ticks` (and not a zombie)?
+pub fn is_same_process(pid: i32, ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let zombie = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z");
+    !zombie && start_ticks(pid) == Some(ticks)
+}
+
+/// End a worker of an earlier run of this process manager (not our child: it cannot be reaped
+/// here): SIGKILL to its process group if it is still that process, then wait up to `wait` for it
+/// to be gone. Returns whether it was still running.
+pub async fn kill_orphan(pid: i32, ticks: u64, wait: Duration) -> bool {
+    if pid <= 0 || !is_same_process(pid, ticks) {
+        return false;
+    }
+    signal_group(pid, Signal::SIGKILL);
+    let t0 = std::time::Instant::now();
+    while is_same_process(pid, ticks) && t0.elapsed() < wait {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// The Fast DDS shared-memory segments process `pid` owns: `/dev/shm/fastrtps_<id>` whose lock
+/// file `fastrtps_<id>_el` it holds open (a process maps the segments of the writers it reads from
+/// too, but only opens its own segments' lock files). A participant removes its segment when it
+/// is deleted; one that is killed, or exits without deleting it (a worker past its exit bound),
+/// leaves it in /dev/shm (RAM) for good: ~0.5 MB each.
+pub fn owned_shm_segments(pid: i32) -> Vec<PathBuf> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        let Some(name) = target.strip_prefix("/dev/shm").ok().and_then(|n| n.to_str()) else { continue };
+        let Some(id) = name.strip_prefix("fastrtps_").and_then(|n| n.strip_suffix("_el")) else { continue };
+        // Segments have hex ids; ports (fastrtps_port<N>) belong to a port number and are reused.
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.push(PathBuf::from(format!("/dev/shm/fastrtps_{id}")));
+        }
+    }
+    out
+}
+
+/// Remove shared-memory segments (and their lock files) of a process that is gone; returns how
+/// many were still there.
+pub fn remove_shm_segments(segments: &[PathBuf]) -> usize {
+    let mut removed = 0;
+    for seg in segments {
+        if std::fs::remove_file(seg).is_ok() {
+            removed += 1;
+        }
+        let mut lock = seg.clone().into_os_string();
+        lock.push("_el");
+        let _ = std::fs::remove_file(PathBuf::from(lock));
+    }
+    removed
 }
 
 /// Signal the worker's whole process group.
@@ -440,6 +516,53 @@ mod tests {
         let mut w = idle.assign(&spec()).await.unwrap();
         assert_eq!(w.reports.next_line().await.unwrap().as_deref(), Some("{"));
         assert!(w.child.wait().await.unwrap().success());
+    }
+
+    #[tokio::test]
+    async fn a_worker_sees_end_of_file_on_its_lifeline_when_the_manager_lets_go() {
+        // `read spec; cat` echoes what comes after the spec on stdin until end-of-file.
+        let mut w = spawn_worker(Path::new("/bin/sh"), &["-c".into(), "read spec; cat; echo eof".into()], &spec()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(w.child.try_wait().unwrap().is_none(), "it waits on its lifeline");
+        drop(w.lifeline);
+        assert_eq!(w.reports.next_line().await.unwrap().as_deref(), Some("eof"));
+        assert!(w.child.wait().await.unwrap().success());
+    }
+
+    #[tokio::test]
+    async fn processes_are_identified_by_pid_and_start_time() {
+        let me = std::process::id() as i32;
+        let ticks = start_ticks(me).unwrap();
+        assert!(is_same_process(me, ticks));
+        assert!(!is_same_process(me, ticks + 1));
+        assert_eq!(start_ticks(0), None);
+        let mut child = tokio::process::Command::new("/bin/sleep").arg("30").process_group(0).spawn().unwrap();
+        let pid = child.id().unwrap() as i32;
+        let t = start_ticks(pid).unwrap();
+        let reaper = tokio::spawn(async move { child.wait().await });
+        assert!(kill_orphan(pid, t, Duration::from_secs(2)).await);
+        let status = reaper.await.unwrap().unwrap();
+        assert_eq!(describe_exit(Some(status)), "killed by SIGKILL");
+        assert!(!kill_orphan(pid, t, Duration::from_secs(1)).await, "gone: nothing to do");
+    }
+
+    #[test]
+    fn owned_shared_memory_segments_are_found_by_their_lock_files() {
+        let id = format!("{:016x}", std::process::id() as u64 * 7919);
+        let seg = PathBuf::from(format!("/dev/shm/fastrtps_{id}"));
+        let lock = PathBuf::from(format!("/dev/shm/fastrtps_{id}_el"));
+        let port = PathBuf::from("/dev/shm/fastrtps_port99999_el");
+        std::fs::write(&seg, b"segment").unwrap();
+        let held = std::fs::File::create(&lock).unwrap();
+        let port_held = std::fs::File::create(&port).unwrap();
+        let mine = owned_shm_segments(std::process::id() as i32);
+        assert!(mine.contains(&seg), "{mine:?}");
+        assert!(!mine.iter().any(|p| p.to_string_lossy().contains("port")), "ports are not segments: {mine:?}");
+        drop((held, port_held));
+        assert_eq!(remove_shm_segments(&[seg.clone()]), 1);
+        assert!(!seg.exists() && !lock.exists());
+        let _ = std::fs::remove_file(&port);
+        assert_eq!(remove_shm_segments(&[seg]), 0, "already gone");
     }
 
     #[tokio::test]

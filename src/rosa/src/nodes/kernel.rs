@@ -1,10 +1,10 @@
 //! The `kernel` node: ROS endpoints around [`crate::kernel::Kernel`].
 
 use crate::agent::{Agent, Memory};
-use crate::kernel::KernelStatus;
 use crate::config::{self, LlmConfig};
 use crate::input::{self, clamped_size, ros_text};
-use crate::kernel::{Event, EventQueue, Kernel, KernelOutput, KernelTools, Limits, ProcessControl, ProcessRow, Source};
+use crate::kernel::{Event, Kernel, KernelOutput, KernelStatus, KernelTools, Limits, ProcessControl, ProcessRow, Source};
+use crate::kernel_queue::{callback_key, KernelQueue, Refusal};
 use crate::llm::{ChatModel, ChatRequest, Completion, LlmError, OpenAiChat};
 use crate::process::worker_id_for_goal;
 use crate::robots::{self, Registry, Robot};
@@ -45,6 +45,18 @@ pub struct KernelParams {
     /// How long to wait for the process manager to accept or answer, seconds.
     #[schemars(range(min = 0.1, max = 3600.0))]
     pub process_manager_timeout_sec: f64,
+    /// Where the journal of the event queue goes ("" = $ROSA_DATA_DIR/state/domain<ROS_DOMAIN_ID>).
+    pub journal_dir: String,
+    /// Sync each accepted event to disk before it is queued (survives a power cut, ~4 ms a burst).
+    pub journal_sync: bool,
+    /// History depth of the intake (/rosa/command, /rosa/stt/transcript, /rosa/chat requests):
+    /// what may arrive at once before the kernel takes it (a burst); each is then queued or refused.
+    #[schemars(range(min = 10, max = 100000))]
+    pub intake_depth: u64,
+    /// History of the kernel's /rosa/updates (its answers and notices): what a transient-local late
+    /// joiner gets. Refusals have a writer of their own, as deep as `intake_depth`.
+    #[schemars(range(min = 1, max = 10000))]
+    pub updates_history: u64,
     /// One event (every LLM call, retry and tool call for it) gets this long at most, seconds;
     /// then the kernel says it could not handle it and goes on with the next (0 = no limit).
     #[schemars(range(min = 0.0, max = 86400.0))]
@@ -52,8 +64,8 @@ pub struct KernelParams {
 }
 
 impl crate::params::NodeParams for KernelParams {
-    // The queue, the prompt and the registry are set up once; queue_size is the bound of the
-    // queue's channel.
+    // The queue (its journal, its bound), the intake's depths, the prompt and the registry are set
+    // up once.
     const DYNAMIC: &'static [&'static str] =
         &["llm.", "memory_tokens", "max_steps", "reachability_period_sec", "process_manager_timeout_sec", "event_deadline_sec"];
 
@@ -122,10 +134,22 @@ impl Default for KernelParams {
             max_steps: 8,
             reachability_period_sec: 10.0,
             process_manager_timeout_sec: 10.0,
+            journal_dir: String::new(),
+            journal_sync: true,
+            intake_depth: 5000,
+            updates_history: 100,
             event_deadline_sec: 120.0,
         }
     }
 }
+
+/// Callbacks the kernel can get back from the process manager's history after a restart (the
+/// process manager keeps as many: `nodes::process_manager::CALLBACK_HISTORY`).
+const CALLBACK_HISTORY: usize = 100;
+/// How long a launch waits for its answer before it asks whether the worker exists after all.
+const LAUNCH_ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// How long a refusal stays in its writer's history (for subscribers behind in a burst, late joiners).
+const REFUSAL_LIFESPAN: Duration = Duration::from_secs(30);
 
 /// r2r publishers are `Send` but not `Sync`: each sits behind a mutex.
 struct RosOutput {
@@ -168,17 +192,34 @@ impl RosProcesses {
         Duration::from_secs_f64(self.params.borrow().process_manager_timeout_sec.clamp(0.1, 3600.0))
     }
 
-    async fn wait_for_server(&self) -> Result<(), String> {
-        if self.server_seen.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let fut = Node::is_available(&self.launch).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout(), fut).await {
+    /// Wait until `endpoint` (the action or a service of the process manager) is matched. Checked
+    /// before every request: a restarted process manager is a new server, and a request sent
+    /// before it is matched is lost (measured: a launch 1 s after a restart got no answer). When
+    /// it is matched this resolves at the next spin of the node (within 10 ms).
+    async fn wait_for<F>(&self, available: r2r::Result<F>, name: &str) -> Result<(), String>
+    where
+        F: std::future::Future<Output = r2r::Result<()>>,
+    {
+        let fut = available.map_err(|e| e.to_string())?;
+        let wait = if self.server_seen.load(Ordering::Relaxed) { self.timeout() } else { self.timeout().max(Duration::from_secs(10)) };
+        match tokio::time::timeout(wait, fut).await {
             Ok(Ok(())) => {
                 self.server_seen.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            _ => Err(format!("the process manager (/rosa/launch_process) is not available after {:.0} s", self.timeout().as_secs_f64())),
+            _ => Err(format!("the process manager ({name}) is not available after {:.0} s", wait.as_secs_f64())),
+        }
+    }
+
+    /// Is `worker_id` in the process manager's table (running or ended)?
+    async fn has_worker(&self, worker_id: &str) -> bool {
+        if self.wait_for(Node::is_available(&self.list), "/rosa/list_processes").await.is_err() {
+            return false;
+        }
+        let req = ListProcesses::Request { include_ended: true, full_system_prompts: false };
+        match self.request(self.list.request(&req)).await {
+            Ok(t) => t.processes.iter().any(|p| p.worker_id == worker_id),
+            Err(_) => false,
         }
     }
 
@@ -198,24 +239,37 @@ impl RosProcesses {
 #[async_trait::async_trait]
 impl ProcessControl for RosProcesses {
     async fn launch(&self, system_prompt: String, robots: Vec<String>) -> Result<String, String> {
-        self.wait_for_server().await?;
+        self.wait_for(Node::is_available(&self.launch), "/rosa/launch_process").await?;
         let goal = LaunchProcess::Goal { system_prompt, robots, max_steps: 0, timeout_sec: 0.0 };
-        let sent = self.launch.send_goal_request(goal).map_err(|e| e.to_string())?;
-        let accepted = match tokio::time::timeout(self.timeout(), sent).await {
+        // The goal id is ours, so the worker can be found if the answer is lost (patches/r2r/0202).
+        let uuid = r2r::uuid::Uuid::new_v4();
+        let worker_id = worker_id_for_goal(uuid.as_bytes());
+        let sent = self.launch.send_goal_request_with_uuid(uuid, goal).map_err(|e| e.to_string())?;
+        tokio::pin!(sent);
+        let first = self.timeout().min(LAUNCH_ANSWER_WAIT);
+        let accepted = match tokio::time::timeout(first, &mut sent).await {
             Ok(r) => r,
-            Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
+            Err(_) => {
+                // A process manager that has just (re)started may answer before it has matched
+                // our reader: the answer is then lost, while the worker runs. Ask its table.
+                if self.has_worker(&worker_id).await {
+                    tracing::warn!(%worker_id, "the answer to launch_process was lost, but the process manager has the worker");
+                    return Ok(worker_id);
+                }
+                match tokio::time::timeout(self.timeout().saturating_sub(first), &mut sent).await {
+                    Ok(r) => r,
+                    Err(_) if self.has_worker(&worker_id).await => return Ok(worker_id),
+                    Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
+                }
+            }
         };
         match accepted {
-            Ok((handle, result, mut feedback)) => {
-                let id = worker_id_for_goal(handle.uuid.as_bytes());
-                // Drain feedback and the result: the outcome comes back as a WorkerCallback event.
-                let wid = id.clone();
-                tokio::spawn(async move {
-                    let drain = async { while feedback.next().await.is_some() {} };
-                    let (_, r) = tokio::join!(drain, result);
-                    tracing::debug!(worker_id = %wid, result = ?r.map(|(s, r)| (s, r.success)), "goal finished");
-                });
-                Ok(id)
+            Ok((handle, result, feedback)) => {
+                // The outcome comes back as a WorkerCallback event: neither the feedback nor the
+                // result is awaited (a goal whose process manager restarts never gets a result,
+                // and nothing may wait for it forever). Dropping them frees r2r's per-goal state.
+                drop((result, feedback));
+                Ok(worker_id_for_goal(handle.uuid.as_bytes()))
             }
             Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
                 let req = ListProcesses::Request { include_ended: false, full_system_prompts: false };
@@ -233,6 +287,7 @@ impl ProcessControl for RosProcesses {
     }
 
     async fn list(&self) -> Result<Vec<ProcessRow>, String> {
+        self.wait_for(Node::is_available(&self.list), "/rosa/list_processes").await?;
         let req = ListProcesses::Request { include_ended: true, full_system_prompts: false };
         let resp = self.request(self.list.request(&req)).await?;
         Ok(resp
@@ -250,6 +305,7 @@ impl ProcessControl for RosProcesses {
     }
 
     async fn terminate(&self, worker_id: String, force: bool) -> Result<String, String> {
+        self.wait_for(Node::is_available(&self.terminate), "/rosa/terminate_process").await?;
         let req = TerminateProcess::Request { worker_id, force };
         let resp = self.request(self.terminate.request(&req)).await?;
         if resp.ok {
@@ -303,6 +359,103 @@ fn accept_user_text(updates: &Publisher<Update>, what: &str, text: String) -> Op
     }
 }
 
+/// The longest run of events handed to the queue in one journal write (a burst).
+const INTAKE_BATCH: usize = 512;
+
+/// A `/rosa/chat` call waiting for the kernel's answer.
+type ChatCall = (r2r::ServiceRequest<Chat::Service>, tokio::sync::oneshot::Receiver<Result<String, String>>);
+
+/// An event from the intake, with its deduplication key and, for a chat call, where to answer.
+struct Intake {
+    event: Event,
+    key: Option<String>,
+    chat: Option<ChatCall>,
+}
+
+type SharedPacer = Arc<std::sync::Mutex<crate::pacer::Pacer>>;
+
+/// Answer a chat call, paced: every client of the service receives every response (rmw_fastrtps),
+/// so a burst of answers would push some callers' own answers out of their readers (`pacer`).
+async fn answer_chat(pacer: &SharedPacer, req: r2r::ServiceRequest<Chat::Service>, resp: Chat::Response) {
+    crate::pacer::paced(pacer).await;
+    if let Err(e) = req.respond(resp) {
+        tracing::error!(error = %e, "cannot answer /rosa/chat");
+    }
+}
+
+/// Hand a batch of arrivals to the queue (one journal write); say out loud what is refused, and
+/// what is queued while the kernel is busy with an event (waiting on the LLM): the user hears that
+/// it was received.
+fn offer(queue: &KernelQueue, updates: &Publisher<Update>, pacer: &SharedPacer, status: &KernelStatus, batch: Vec<Intake>) {
+    let busy = status.busy();
+    let mut chats = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    let mut first_note = None;
+    for Intake { event, key, chat } in batch {
+        if let (Some((seq, dt)), None) = (busy, &first_note) {
+            first_note = Some(crate::kernel::queued_note(&event, seq, dt));
+        }
+        events.push((event, key));
+        chats.push(chat);
+    }
+    let mut queued = 0usize;
+    for (outcome, chat) in queue.push_batch(events).into_iter().zip(chats) {
+        let (event, why) = match outcome {
+            Ok(()) => {
+                queued += 1;
+                if let Some((req, reply)) = chat {
+                    let pacer = pacer.clone();
+                    tokio::spawn(async move {
+                        let resp = match reply.await {
+                            Ok(Ok(text)) => Chat::Response { success: true, reply: ros_text(&text).into_owned() },
+                            Ok(Err(e)) => Chat::Response { success: false, reply: ros_text(&e).into_owned() },
+                            Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
+                        };
+                        answer_chat(&pacer, req, resp).await;
+                    });
+                }
+                continue;
+            }
+            Err(Refusal::Duplicate(key)) => {
+                tracing::debug!(%key, "worker callback already accepted: not handled again");
+                continue;
+            }
+            Err(Refusal::Full(e, why)) => (e, why),
+            Err(Refusal::Closed(e)) => (e, "the kernel is stopping".to_string()),
+        };
+        refuse(updates, &event, &why);
+        if let Some((req, _)) = chat {
+            let pacer = pacer.clone();
+            tokio::spawn(async move { answer_chat(&pacer, req, Chat::Response { success: false, reply: ros_text(&why).into_owned() }).await });
+        }
+    }
+    // One note per burst, not one per event.
+    if let (Some(note), Some((seq, _))) = (first_note, busy) {
+        let note = match queued {
+            0 => return,
+            1 => note,
+            n => format!("queued {n} events: the kernel is still on event {seq}; they come next, in order"),
+        };
+        tracing::info!("{note}");
+        publish_update(updates, "system", &note);
+    }
+}
+
+/// Feed `stream` to the queue, a burst at a time (whatever has arrived is journaled in one write).
+fn forward<S>(stream: S, queue: Arc<KernelQueue>, updates: Publisher<Update>, pacer: SharedPacer, status: KernelStatus) -> tokio::task::JoinHandle<()>
+where
+    S: futures::Stream<Item = Intake> + Send + Unpin + 'static,
+{
+    tokio::spawn(stream.ready_chunks(INTAKE_BATCH).for_each(move |batch| {
+        offer(&queue, &updates, &pacer, &status, batch);
+        futures::future::ready(())
+    }))
+}
+
+fn stamp_ns(t: &r2r::builtin_interfaces::msg::Time) -> i64 {
+    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
@@ -321,12 +474,22 @@ pub async fn run() -> anyhow::Result<()> {
         }
     };
 
-    let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(100))?;
-    let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(100))?;
-    let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
-    let mut chats = node.create_service::<Chat::Service>("/rosa/chat", QosProfile::services_default())?;
+    // The intake holds a burst in DDS's history and in r2r's channel (sized from the same depth,
+    // patches/r2r/0200) until the forwarders below take it: each event is then queued or refused.
+    let depth = clamped_size(params.intake_depth, 10, 100_000);
+    let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(depth))?;
+    let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(depth))?;
+    // Transient-local: a restarted kernel gets the callbacks published while it was down from the
+    // process manager's history; those it had already accepted are dropped by key.
+    let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
+    let chats = node.create_service::<Chat::Service>("/rosa/chat", ros::service_qos(depth))?;
     let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
-    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
+    let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(clamped_size(params.updates_history, 1, 10_000)))?;
+    // Refusals have a writer of their own on /rosa/updates: a burst of commands is a burst of
+    // refusals, which a subscriber that falls behind gets back from this writer's history (as deep
+    // as the intake; measured: with 1000, a subscriber lost ~100 of a 5000 burst, with 5000 none).
+    // Each is kept REFUSAL_LIFESPAN, so the history is empty again once a burst is over.
+    let refusals = node.create_publisher::<Update>("/rosa/updates", ros::burst(depth, REFUSAL_LIFESPAN))?;
     let processes = RosProcesses {
         launch: node.create_action_client::<LaunchProcess::Action>("/rosa/launch_process")?,
         list: node.create_client::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?,
@@ -334,6 +497,14 @@ pub async fn run() -> anyhow::Result<()> {
         server_seen: Arc::new(AtomicBool::new(false)),
         params: declared.watch(),
     };
+
+    // The durable queue: replay the journal of the previous run (if any) before taking anything.
+    let journal = crate::journal::state_dir(&params.journal_dir).join("kernel.journal");
+    let (queue, recovery) = KernelQueue::open(&journal, clamped_size(params.queue_size, 1, 100_000), params.journal_sync, clamped_size(params.memory_tokens, 100, 10_000_000))
+        .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("the kernel's event queue: {e}"))))?;
+    let queue = Arc::new(queue);
+    let started_at = SystemTime::now();
+    let fresh = !recovery.restarted;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let first = Arc::new(OpenAiChat::new(&params.llm)?.with_client_id("kernel"));
@@ -370,81 +541,73 @@ pub async fn run() -> anyhow::Result<()> {
     let (robots_tx, robots_rx) = watch::channel(Vec::new());
     tokio::spawn(watch_robots(registry.robots.clone(), robots_tx, declared.watch()));
 
-    let (queue, rx) = EventQueue::new(clamped_size(params.queue_size, 1, 100_000));
+    let pacer: SharedPacer = Arc::new(std::sync::Mutex::new(crate::pacer::Pacer::for_responses()));
     let status = KernelStatus::default();
-    // An event is refused out loud when the queue is full, and queued out loud while the kernel
-    // is busy (waiting on the LLM): the user hears it was received.
-    let admit = {
-        let queue = queue.clone();
-        let updates = updates.clone();
-        let status = status.clone();
-        move |e: Event| -> Result<(), String> {
-            let note = status.busy().map(|(seq, dt)| crate::kernel::queued_note(&e, seq, dt));
-            match queue.push(e) {
-                Err((e, why)) => {
-                    refuse(&updates, &e, &why);
-                    Err(why)
-                }
-                Ok(()) => {
-                    if let Some(n) = note {
-                        tracing::info!("{n}");
-                        publish_update(&updates, "system", &n);
-                    }
-                    Ok(())
-                }
-            }
+    let plain = |event| Intake { event, key: None, chat: None };
+    let (u1, u2) = (refusals.clone(), refusals.clone());
+    forward(
+        commands.filter_map(move |m| futures::future::ready(accept_user_text(&u1, "command", m.data).map(|t| plain(Event::command(&t))))),
+        queue.clone(),
+        refusals.clone(),
+        pacer.clone(),
+        status.clone(),
+    );
+    forward(
+        transcripts.filter_map(move |m| futures::future::ready(accept_user_text(&u2, "transcript", m.text).map(|t| plain(Event::transcript(&t))))),
+        queue.clone(),
+        refusals.clone(),
+        pacer.clone(),
+        status.clone(),
+    );
+    let callbacks = callbacks.filter_map(move |m| {
+        // A first start (no journal) does not take up callbacks of an earlier session that the
+        // process manager still holds in its history: nobody here asked for them.
+        let stale = fresh && SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp_ns(&m.stamp).max(0) as u64) < started_at;
+        if stale {
+            tracing::debug!(worker_id = %m.worker_id, "ignoring a worker callback from before this kernel's first start");
         }
-    };
-    let forward = |stream: futures::stream::BoxStream<'static, Event>| {
-        let admit = admit.clone();
-        tokio::spawn(stream.for_each(move |e| {
-            let _ = admit(e);
-            futures::future::ready(())
-        }))
-    };
-    let (u1, u2) = (updates.clone(), updates.clone());
-    forward(commands.filter_map(move |m| futures::future::ready(accept_user_text(&u1, "command", m.data))).map(|t| Event::command(&t)).boxed());
-    forward(transcripts.filter_map(move |m| futures::future::ready(accept_user_text(&u2, "transcript", m.text))).map(|t| Event::transcript(&t)).boxed());
-    forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
-    {
-        let (admit, updates) = (admit.clone(), updates.clone());
-        tokio::spawn(async move {
-            while let Some(req) = chats.next().await {
-                if let Some(why) = input::user_text_refusal("chat prompt", &req.message.prompt) {
-                    let _ = accept_user_text(&updates, "chat prompt", req.message.prompt.clone());
-                    let _ = req.respond(Chat::Response { success: false, reply: ros_text(&why).into_owned() });
-                    continue;
-                }
-                let (event, reply) = Event::chat(&req.message.prompt);
-                if let Err(why) = admit(event) {
-                    let _ = req.respond(Chat::Response { success: false, reply: why });
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let resp = match reply.await {
-                        Ok(Ok(text)) => Chat::Response { success: true, reply: ros_text(&text).into_owned() },
-                        Ok(Err(e)) => Chat::Response { success: false, reply: ros_text(&e).into_owned() },
-                        Err(_) => Chat::Response { success: false, reply: "the kernel stopped".into() },
-                    };
-                    if let Err(e) = req.respond(resp) {
-                        tracing::warn!(error = %e, "cannot answer /rosa/chat");
-                    }
-                });
+        let key = callback_key(&m.worker_id, m.final_, stamp_ns(&m.stamp), &m.message);
+        futures::future::ready((!stale).then(|| Intake { event: Event::worker_callback(&m.worker_id, &m.message, m.done), key: Some(key), chat: None }))
+    });
+    forward(Box::pin(callbacks), queue.clone(), refusals.clone(), pacer.clone(), status.clone());
+    let (u3, p3) = (refusals.clone(), pacer.clone());
+    let chats = chats.filter_map(move |req| {
+        // An empty, blank or invalid UTF-8 prompt is refused at once (out loud), never queued.
+        let refused = input::user_text_refusal("chat prompt", &req.message.prompt);
+        futures::future::ready(match refused {
+            Some(why) => {
+                let _ = accept_user_text(&u3, "chat prompt", req.message.prompt.clone());
+                let p3 = p3.clone();
+                tokio::spawn(async move { answer_chat(&p3, req, Chat::Response { success: false, reply: ros_text(&why).into_owned() }).await });
+                None
             }
-        });
-    }
+            None => {
+                let (event, reply) = Event::chat(&req.message.prompt);
+                Some(Intake { event, key: None, chat: Some((req, reply)) })
+            }
+        })
+    });
+    forward(Box::pin(chats), queue.clone(), refusals, pacer, status.clone());
 
     let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
     let options = crate::kernel::agent_options(params.max_steps, event_deadline(params.event_deadline_sec));
-    let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), options);
-    let kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
+    let mut agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), options);
+    agent.memory.restore(recovery.memory.clone());
+    let mut kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
+    kernel.resume_seq(recovery.seq);
+    if let Some(text) = recovery.announcement() {
+        tracing::warn!(journal = %journal.display(), "{text}");
+        publish_update(&updates, "system", &text);
+    }
     let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
-    tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), "kernel ready");
+    tracing::info!(registry = %registry_path.display(), robots = ?registry.names(), journal = %journal.display(), "kernel ready");
 
     tokio::select! {
-        _ = kernel.run(rx, out, status) => {},
+        _ = kernel.run(queue.clone(), out, status) => {},
         _ = ros::shutdown_signal() => tracing::info!("kernel shutting down"),
     }
+    // What is still queued stays in the journal for the next start.
+    queue.close();
     spinner.stop();
     Ok(())
 }

@@ -3,6 +3,7 @@
 use crate::config::{self, LlmConfig};
 use crate::input::{self, clamped_seconds, clamped_size, ros_name, ros_text};
 use crate::process::{self, ProcessTable, RobotToken, Row, State, WorkerReport, WorkerSpec};
+use crate::process_journal::{LiveRow, ProcessJournal, Recovered};
 use crate::robots::Registry;
 use crate::ros::{self, Spinner};
 use crate::worker::compose_system_prompt;
@@ -10,13 +11,14 @@ use futures::StreamExt;
 use r2r::rosa_interfaces::action::LaunchProcess;
 use r2r::rosa_interfaces::msg::{ProcessInfo, ProcessTable as ProcessTableMsg, Update, WorkerCallback};
 use r2r::rosa_interfaces::srv::{ListProcesses, TerminateProcess};
-use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher, QosProfile};
+use r2r::{ActionServerGoal, ActionServerGoalRequest, Node, Publisher};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Parameters of the process manager (see `config/rosa.yaml`).
@@ -62,13 +64,24 @@ pub struct ProcessManagerParams {
     pub mcp_token_file: String,
     /// Robots (by name) that get the MCP token besides those whose URL is on loopback.
     pub mcp_token_robots: Vec<String>,
+    /// A worker still running this long after its final report is killed (SIGKILL), counted and
+    /// logged; workers exit by themselves within 150 ms of it.
+    #[schemars(range(min = 0.0, max = 60.0))]
+    pub exit_grace_sec: f64,
+    /// Where the journal of the process table goes ("" = $ROSA_DATA_DIR/state/domain<ROS_DOMAIN_ID>).
+    pub journal_dir: String,
+    /// Sync the journal to disk at each accepted goal, started worker and final report.
+    pub journal_sync: bool,
+    /// History depth of the list and terminate requests (a burst of callers).
+    #[schemars(range(min = 10, max = 100000))]
+    pub request_depth: u64,
 }
 
 impl crate::params::NodeParams for ProcessManagerParams {
     // Every goal reads these when it starts; the registry, the worker rules and the executable are
     // loaded once.
     const DYNAMIC: &'static [&'static str] =
-        &["llm.", "max_processes", "timeout_sec", "max_steps", "grace_sec", "keep_ended", "tool_timeout_sec", "warm_workers", "max_timeout_sec", "mcp_token_robots", "worker_tool_choice"];
+        &["llm.", "max_processes", "timeout_sec", "max_steps", "grace_sec", "keep_ended", "tool_timeout_sec", "warm_workers", "max_timeout_sec", "mcp_token_robots", "worker_tool_choice", "exit_grace_sec"];
 }
 
 impl Default for ProcessManagerParams {
@@ -89,6 +102,10 @@ impl Default for ProcessManagerParams {
             max_timeout_sec: 86_400.0,
             mcp_token_file: String::new(),
             mcp_token_robots: vec![],
+            exit_grace_sec: 0.5,
+            journal_dir: String::new(),
+            journal_sync: true,
+            request_depth: 1000,
         }
     }
 }
@@ -113,6 +130,17 @@ struct Ctx {
     rules: Arc<String>,
     worker_exe: Arc<PathBuf>,
     pool: Arc<Mutex<std::collections::VecDeque<process::IdleWorker>>>,
+    journal: Arc<Mutex<ProcessJournal>>,
+    /// Workers killed because they lingered past `exit_grace_sec` after their report.
+    lingered: Arc<AtomicU64>,
+}
+
+/// Callbacks kept for late joiners, and for a restarted kernel (it subscribes transient-local and
+/// drops those it had already accepted).
+pub const CALLBACK_HISTORY: usize = 100;
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Bytes of each system prompt in the process table (/rosa/processes, and /rosa/list_processes
@@ -170,17 +198,20 @@ impl Ctx {
     /// `Update` for the user. The worker hands its report over stdout and the process manager
     /// publishes it: a DDS writer in a process that lives 50 ms is not matched by every subscriber
     /// in time, while this node's writer is, so every subscriber (kernel, UI, rosbag) gets it once.
+    ///
+    /// The report is journaled before it is published and marked published after: a process
+    /// manager that dies in between publishes it again when it restarts (same stamp; the kernel
+    /// drops the repeat), one that dies before never loses it.
     fn publish_outcome(&self, worker_id: &str, done: bool, message: &str, role: &str) {
-        let stamp = ros::now();
-        let message = ros_text(message);
-        let cb = WorkerCallback { worker_id: worker_id.into(), message: message.to_string(), done, final_: true, stamp: stamp.clone() };
-        if let Err(e) = self.callback_pub.publish(&cb) {
-            tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
-        }
-        let up = Update { role: role.into(), text: message.into_owned(), worker_id: worker_id.into(), stamp };
-        if let Err(e) = self.update_pub.publish(&up) {
-            tracing::error!(error = %e, "cannot publish /rosa/updates");
-        }
+        let now = SystemTime::now();
+        let stamp_ns = now.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0);
+        self.lock_journal().final_report(worker_id, done, message, stamp_ns);
+        publish_final(&self.callback_pub, &self.update_pub, worker_id, done, message, role, ros::stamp(now));
+        self.lock_journal().published(worker_id);
+    }
+
+    fn lock_journal(&self) -> std::sync::MutexGuard<'_, ProcessJournal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Admit or reject a goal request; on accept, run it in its own task.
@@ -201,10 +232,24 @@ impl Ctx {
             }
             return;
         }
+        // Journaled before it is accepted: an accepted goal is never unknown to a restarted
+        // process manager. The journal keeps the prompt's bounded summary (what the table shows),
+        // so that a task of megabytes is not written to disk nor kept twice in memory.
+        let started = SystemTime::now();
+        self.lock_journal().accepted(LiveRow {
+            worker_id: worker_id.clone(),
+            system_prompt: input::summary(&req.goal.system_prompt, PROMPT_SUMMARY_BYTES).into_owned(),
+            robots: req.goal.robots.clone(),
+            started_ms: unix_ms(started),
+            pid: 0,
+            start_ticks: 0,
+            report: None,
+        });
         let (mut handle, cancel) = match req.accept() {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot accept goal");
+                self.lock_journal().ended(&worker_id, State::Failed);
                 return;
             }
         };
@@ -222,7 +267,7 @@ impl Ctx {
                 robots: goal.robots.clone(),
                 step: 0,
                 last_tool: String::new(),
-                started: SystemTime::now(),
+                started,
             });
             s.terminators.insert(worker_id.clone(), term_tx);
         }
@@ -250,6 +295,7 @@ impl Ctx {
         if !reported {
             self.publish_outcome(worker_id, false, &message, "system");
         }
+        self.lock_journal().ended(worker_id, State::Failed);
         self.publish_table();
         let result = LaunchProcess::Result { worker_id: worker_id.into(), success: false, message: ros_text(&message).into_owned() };
         if let Err(e) = handle.abort(result) {
@@ -362,6 +408,7 @@ impl Ctx {
         let timeout_d = goal_limits(&goal, &p).unwrap_or(Duration::from_secs(300));
         let timeout = timeout_d.as_secs_f64();
         let grace = clamped_seconds(p.grace_sec, 0.0, 3600.0);
+        let exit_grace = clamped_seconds(p.exit_grace_sec, 0.0, 60.0);
         let spec = self.spec(&worker_id, &goal);
 
         enum End {
@@ -372,6 +419,9 @@ impl Ctx {
             SpawnFailed(String),
         }
         let mut final_report: Option<(bool, String)> = None;
+        let mut reported_at: Option<std::time::Instant> = None;
+        // The worker's DDS shared memory, noted while it runs: removed if it is left behind.
+        let mut shm: Vec<PathBuf> = Vec::new();
         let started = match self.take_warm() {
             Some(w) => w.assign(&spec).await,
             None => process::spawn_worker(&self.worker_exe, &[], &spec).await,
@@ -380,10 +430,15 @@ impl Ctx {
             Err(e) => End::SpawnFailed(e.to_string()),
             Ok(mut w) => {
                 tracing::info!(%worker_id, pid = w.pid, robots = ?goal.robots, "worker started");
+                self.lock_journal().spawned(&worker_id, w.pid, process::start_ticks(w.pid).unwrap_or(0));
                 self.with_table(|t| t.update(&worker_id, |r| r.pid = w.pid));
                 feedback(&handle, &worker_id, "starting", 0, "");
                 let deadline = tokio::time::sleep(timeout_d);
                 tokio::pin!(deadline);
+                // Armed by the final report: a worker still there after the grace is killed.
+                let linger = tokio::time::sleep(Duration::from_secs(3600 * 24 * 365));
+                tokio::pin!(linger);
+                let mut lingering = false;
                 let mut cancel_open = true;
                 let mut stdout_open = true;
                 loop {
@@ -395,6 +450,7 @@ impl Ctx {
                                     feedback(&handle, &worker_id, "running", 0, "");
                                 }
                                 Ok(WorkerReport::Step { step, tool }) => {
+                                    shm = process::owned_shm_segments(w.pid);
                                     let tool = tool.unwrap_or_default();
                                     let (step, last) = self.with_table(|t| {
                                         let mut out = (step, String::new());
@@ -408,6 +464,7 @@ impl Ctx {
                                     feedback(&handle, &worker_id, "running", step, &last);
                                 }
                                 Ok(WorkerReport::Final { done, message }) => {
+                                    shm = process::owned_shm_segments(w.pid);
                                     // Published at once: the kernel need not wait for the exit. The
                                     // task is over, so it no longer counts against max_processes
                                     // while the process winds down its ROS node.
@@ -415,6 +472,9 @@ impl Ctx {
                                     let state = if done { State::Succeeded } else { State::Failed };
                                     self.with_table(|t| t.update(&worker_id, |r| r.state = state));
                                     final_report = Some((done, message));
+                                    linger.as_mut().reset(tokio::time::Instant::now() + exit_grace);
+                                    lingering = true;
+                                    reported_at = Some(std::time::Instant::now());
                                 }
                                 Err(_) => tracing::debug!(%worker_id, %line, "non-report output from worker"),
                             },
@@ -434,7 +494,14 @@ impl Ctx {
                             let s = process::terminate(&mut w.child, w.pid, force, grace).await;
                             break End::Terminated(s, reply);
                         },
-                        _ = &mut deadline => {
+                        _ = &mut linger, if lingering => {
+                            lingering = false;
+                            let n = self.lingered.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::warn!(%worker_id, pid = w.pid, lingered_total = n,
+                                "worker still running {:.1} s after its final report: killing it", exit_grace.as_secs_f64());
+                            process::signal_group(w.pid, nix::sys::signal::Signal::SIGKILL);
+                        }
+                        _ = &mut deadline, if final_report.is_none() => {
                             let s = process::terminate(&mut w.child, w.pid, false, grace).await;
                             break End::TimedOut(s);
                         }
@@ -442,6 +509,11 @@ impl Ctx {
                 }
             }
         };
+
+        let leaked = process::remove_shm_segments(&shm);
+        if leaked > 0 {
+            tracing::info!(%worker_id, segments = leaked, "removed the DDS shared memory the worker left behind");
+        }
 
         // What happened, and whether the kernel still needs to hear about it.
         let reported = final_report.is_some();
@@ -476,7 +548,11 @@ impl Ctx {
                 !reported,
             ),
         };
-        tracing::info!(%worker_id, state = state.as_str(), %message, "worker ended");
+        match reported_at {
+            // How long the process took to be gone once it had reported (bench soak reads this).
+            Some(t) => tracing::info!(%worker_id, state = state.as_str(), exit_after_report_ms = format!("{:.1}", t.elapsed().as_secs_f64() * 1e3), %message, "worker ended"),
+            None => tracing::info!(%worker_id, state = state.as_str(), %message, "worker ended"),
+        }
         if needs_callback {
             self.publish_outcome(&worker_id, false, &message, "system");
         }
@@ -485,6 +561,7 @@ impl Ctx {
             s.terminators.remove(&worker_id);
             s.table.finish(&worker_id, state);
         }
+        self.lock_journal().ended(&worker_id, state);
         self.publish_table();
         let result = LaunchProcess::Result { worker_id: worker_id.clone(), success, message: ros_text(&message).into_owned() };
         let sent = match state {
@@ -506,6 +583,100 @@ impl Ctx {
         if let Err(e) = sent {
             tracing::warn!(%worker_id, error = %e, "cannot send goal result");
         }
+    }
+}
+
+/// Publish a worker's final `WorkerCallback` and its `Update` (text fit for rcl: no NUL).
+fn publish_final(
+    callback_pub: &Publisher<WorkerCallback>,
+    update_pub: &Publisher<Update>,
+    worker_id: &str,
+    done: bool,
+    message: &str,
+    role: &str,
+    stamp: r2r::builtin_interfaces::msg::Time,
+) {
+    let message = ros_text(message);
+    let cb = WorkerCallback { worker_id: worker_id.into(), message: message.to_string(), done, final_: true, stamp: stamp.clone() };
+    if let Err(e) = callback_pub.publish(&cb) {
+        tracing::error!(error = %e, "cannot publish /rosa/worker_callback");
+    }
+    let up = Update { role: role.into(), text: message.into_owned(), worker_id: worker_id.into(), stamp };
+    if let Err(e) = update_pub.publish(&up) {
+        tracing::error!(error = %e, "cannot publish /rosa/updates");
+    }
+}
+
+fn time_of_ns(ns: i64) -> r2r::builtin_interfaces::msg::Time {
+    ros::stamp(UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
+}
+
+impl Ctx {
+    /// A restarted process manager ends what its journal says was running: each worker process
+    /// still there is killed (they exit by themselves when their process manager dies: the
+    /// lifeline), and each worker gets its one final callback — its own report if it had arrived,
+    /// else `done=false` "the process manager restarted". The table shows them ended.
+    async fn recover(&self, rec: Recovered) {
+        {
+            let mut s = self.shared.lock().expect("table lock");
+            for e in &rec.ended {
+                s.table.insert(Row {
+                    worker_id: e.worker_id.clone(),
+                    pid: 0,
+                    state: e.state,
+                    system_prompt: e.system_prompt.clone(),
+                    robots: e.robots.clone(),
+                    step: 0,
+                    last_tool: String::new(),
+                    started: UNIX_EPOCH + Duration::from_millis(e.started_ms),
+                });
+            }
+        }
+        if rec.live.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = rec.live.iter().map(|r| r.worker_id.as_str()).collect();
+        tracing::warn!(workers = ?ids, "the process manager restarted: ending the workers its journal says were running");
+        for r in &rec.live {
+            let killed = process::kill_orphan(r.pid, r.start_ticks, Duration::from_secs(2)).await;
+            if killed {
+                tracing::warn!(worker_id = %r.worker_id, pid = r.pid, "a worker of the previous process manager was still running: killed");
+            }
+            let state = match &r.report {
+                Some(rep) => {
+                    if !rep.published {
+                        publish_final(&self.callback_pub, &self.update_pub, &r.worker_id, rep.done, &rep.message, "worker", time_of_ns(rep.stamp_ns));
+                        self.lock_journal().published(&r.worker_id);
+                    }
+                    if rep.done { State::Succeeded } else { State::Failed }
+                }
+                None => {
+                    let message = format!(
+                        "worker {} ended: the process manager restarted while it ran (it had started {}); its outcome is unknown",
+                        r.worker_id,
+                        if r.pid > 0 { format!("as pid {}", r.pid) } else { "no process yet".to_string() }
+                    );
+                    self.publish_outcome(&r.worker_id, false, &message, "system");
+                    State::Failed
+                }
+            };
+            {
+                let mut s = self.shared.lock().expect("table lock");
+                s.table.insert(Row {
+                    worker_id: r.worker_id.clone(),
+                    pid: 0,
+                    state: State::Starting,
+                    system_prompt: r.system_prompt.clone(),
+                    robots: r.robots.clone(),
+                    step: 0,
+                    last_tool: String::new(),
+                    started: UNIX_EPOCH + Duration::from_millis(r.started_ms),
+                });
+                s.table.finish(&r.worker_id, state);
+            }
+            self.lock_journal().ended(&r.worker_id, state);
+        }
+        self.publish_table();
     }
 }
 
@@ -539,12 +710,18 @@ pub async fn run() -> anyhow::Result<()> {
         anyhow::bail!("worker executable {} does not exist (parameter worker_executable)", worker_exe.display());
     }
 
+    // The action's goal/cancel/result services keep 1000 requests (patches/r2r/0201), as do these.
+    let depth = clamped_size(params.request_depth, 10, 100_000);
     let mut goals = node.create_action_server::<LaunchProcess::Action>("/rosa/launch_process")?;
-    let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", QosProfile::services_default())?;
-    let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", QosProfile::services_default())?;
+    let mut lists = node.create_service::<ListProcesses::Service>("/rosa/list_processes", ros::service_qos(depth))?;
+    let mut terms = node.create_service::<TerminateProcess::Service>("/rosa/terminate_process", ros::service_qos(depth))?;
     let table_pub = node.create_publisher::<ProcessTableMsg>("/rosa/processes", ros::latched())?;
-    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::recent(50))?;
+    let callback_pub = node.create_publisher::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
     let update_pub = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
+
+    let journal_path = crate::journal::state_dir(&params.journal_dir).join("process_manager.journal");
+    let (journal, recovered) = ProcessJournal::open(&journal_path, params.journal_sync, clamped_size(params.keep_ended, 0, 100_000))
+        .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("the process table's journal: {e}"))))?;
     let spinner = Spinner::start(node, Duration::from_millis(10));
 
     let ctx = Ctx {
@@ -560,7 +737,10 @@ pub async fn run() -> anyhow::Result<()> {
         rules: Arc::new(rules),
         worker_exe: Arc::new(worker_exe),
         pool: Arc::new(Mutex::new(Default::default())),
+        journal: Arc::new(Mutex::new(journal)),
+        lingered: Arc::new(AtomicU64::new(0)),
     };
+    ctx.recover(recovered).await;
     ctx.publish_table();
     ctx.refill_pool();
     {
@@ -570,8 +750,15 @@ pub async fn run() -> anyhow::Result<()> {
 
     {
         let ctx = ctx.clone();
+        // Paced: an action client receives the goal responses meant for every client, so a burst
+        // of rejections would push a caller's own answer out of its reader (crate::pacer).
+        let mut pacer = crate::pacer::Pacer::for_responses();
         tokio::spawn(async move {
             while let Some(req) = goals.next().await {
+                let wait = pacer.reserve();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 ctx.on_goal_request(req);
             }
         });
@@ -579,7 +766,12 @@ pub async fn run() -> anyhow::Result<()> {
     {
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let mut pacer = crate::pacer::Pacer::for_responses();
             while let Some(req) = lists.next().await {
+                let wait = pacer.reserve();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let resp = {
                     let s = ctx.shared.lock().expect("table lock");
                     ListProcesses::Response {
@@ -619,7 +811,7 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(max_processes = params.max_processes, worker = %ctx.worker_exe.display(), "process manager ready");
+    tracing::info!(max_processes = params.max_processes, worker = %ctx.worker_exe.display(), journal = %journal_path.display(), "process manager ready");
     ros::shutdown_signal().await;
     tracing::info!("process manager shutting down: terminating workers");
     let senders: Vec<_> = ctx.shared.lock().expect("table lock").terminators.values().cloned().collect();
