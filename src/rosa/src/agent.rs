@@ -274,15 +274,6 @@ impl Memory {
         self.dropped_total = s.dropped_total;
         self.trim();
     }
-
-    /// Append a whole finished turn (replaying a journal), within the budget.
-    pub fn push_turn(&mut self, turn: Vec<Message>) {
-        if turn.is_empty() {
-            return;
-        }
-        self.turns.push_back(turn);
-        self.trim();
-    }
 }
 
 /// The agent: a model, a memory and the options of its turns.
