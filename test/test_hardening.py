@@ -84,7 +84,9 @@ def test_nul_in_the_kernels_reply_and_a_launch_prompt_does_not_crash_the_kernel(
     assert resp.success and "NUL character(s) in system_prompt were replaced" in resp.reply, resp.reply
     robot.wait_for_calls(1, timeout=20)
     worker_req = llm.requests_by("worker")[0]["body"]
-    assert f"wave{NUL_SIGN} twice" in system_prompt(worker_req)
+    # The task is the worker's first user message (its system prompt is the shared prefix).
+    first_user = next(m["content"] for m in worker_req["messages"] if m["role"] == "user")
+    assert f"wave{NUL_SIGN} twice" in first_user and f"wave{NUL_SIGN}" not in system_prompt(worker_req)
     peer.wait_for_msg("/rosa/worker_callback", lambda m: m.final and m.done)
     # Still the same kernel process: nothing was lost to a restart.
     assert graph.procs["kernel"][0].pid == pid

@@ -157,7 +157,15 @@ def choose_llm(args, params):
     local_model = str(srv.get("model_name", "qwen2.5-coder-1.5b-instruct"))
     srv_overrides = ["-p", f"port:={port}"]
     installed, missing = local_installed(srv)
-    local = (["-p", f"llm.urls:=['{local_url}']", "-p", f"llm.models:=['{local_model}']", "-p", "llm.key_envs:=['']"])
+    # The embedded model on a small machine: a worker's first, uncached 2.7k-token prefix alone takes
+    # 35-55 s on two idle cores and minutes on busy ones. Its streams carry keep-alives, so the
+    # first-token and stall timeouts still tell a dead server from a slow one; only the overall
+    # bounds (one attempt, one kernel event) are raised to the server's own request_timeout_sec.
+    slow = float(srv.get("request_timeout_sec", 600.0))
+    local = (["-p", f"llm.urls:=['{local_url}']", "-p", f"llm.models:=['{local_model}']", "-p", "llm.key_envs:=['']",
+              "-p", f"llm.timeout_sec:={slow}", "-p", f"event_deadline_sec:={slow}",
+              # and a worker's whole run (process_manager's default timeout_sec)
+              "-p", f"timeout_sec:={max(slow, 300.0) * 1.5}"])
     if args.llm_url:
         return [], False, srv_overrides, [f"rosa: LLM: {args.llm_url} (--llm-url; the embedded model is not started)"]
     if args.llm == "local":

@@ -244,7 +244,7 @@ impl ProcessControl for RosProcesses {
         // The goal id is ours, so the worker can be found if the answer is lost (patches/r2r/0202).
         let uuid = r2r::uuid::Uuid::new_v4();
         let worker_id = worker_id_for_goal(uuid.as_bytes());
-        let sent = self.launch.send_goal_request_with_uuid(uuid, goal).map_err(|e| e.to_string())?;
+        let sent = self.launch.send_goal_request_with_uuid(uuid, goal.clone()).map_err(|e| e.to_string())?;
         tokio::pin!(sent);
         let first = self.timeout().min(LAUNCH_ANSWER_WAIT);
         let accepted = match tokio::time::timeout(first, &mut sent).await {
@@ -256,8 +256,15 @@ impl ProcessControl for RosProcesses {
                     tracing::warn!(%worker_id, "the answer to launch_process was lost, but the process manager has the worker");
                     return Ok(worker_id);
                 }
-                match tokio::time::timeout(self.timeout().saturating_sub(first), &mut sent).await {
-                    Ok(r) => r,
+                // Or the request was written before it had matched our writer (a volatile writer
+                // does not send it again): send it again, same goal id. A process manager that
+                // has it after all rejects the copy as a duplicate (and the table says so).
+                tracing::warn!(%worker_id, "no answer to launch_process within {:.0} s: sending the goal again", first.as_secs_f64());
+                let again = self.launch.send_goal_request_with_uuid(uuid, goal).map_err(|e| e.to_string())?;
+                tokio::pin!(again);
+                let either = futures::future::select(sent.as_mut(), again.as_mut());
+                match tokio::time::timeout(self.timeout().saturating_sub(first), either).await {
+                    Ok(futures::future::Either::Left((r, _)) | futures::future::Either::Right((r, _))) => r,
                     Err(_) if self.has_worker(&worker_id).await => return Ok(worker_id),
                     Err(_) => return Err(format!("the process manager did not answer within {:.0} s", self.timeout().as_secs_f64())),
                 }
@@ -270,6 +277,10 @@ impl ProcessControl for RosProcesses {
                 // and nothing may wait for it forever). Dropping them frees r2r's per-goal state.
                 drop((result, feedback));
                 Ok(worker_id_for_goal(handle.uuid.as_bytes()))
+            }
+            Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) if self.has_worker(&worker_id).await => {
+                // The copy of a goal sent again was rejected as a duplicate: the first one is running.
+                Ok(worker_id)
             }
             Err(r2r::Error::RCL_RET_ACTION_GOAL_REJECTED) => {
                 let req = ListProcesses::Request { include_ended: false, full_system_prompts: false };

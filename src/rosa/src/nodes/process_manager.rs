@@ -218,7 +218,12 @@ impl Ctx {
     fn on_goal_request(&self, req: ActionServerGoalRequest<LaunchProcess::Action>) {
         let worker_id = process::worker_id_for_goal(req.uuid.as_bytes());
         let unknown: Vec<&String> = req.goal.robots.iter().filter(|r| self.registry.get(r).is_none()).collect();
-        let refusal = if !unknown.is_empty() {
+        let duplicate = self.shared.lock().expect("table lock").table.get(&worker_id).is_some();
+        let refusal = if duplicate {
+            // A client that got no answer sends its goal again with the same id (the kernel does):
+            // the first one is in the table, the copy is refused.
+            Some(format!("worker {worker_id} already exists: a goal with this id was sent twice"))
+        } else if !unknown.is_empty() {
             Some(format!("unknown robot(s) {unknown:?}; the registry has {:?}", self.registry.names()))
         } else if let Err(why) = goal_limits(&req.goal, &self.params.borrow()) {
             Some(why)
