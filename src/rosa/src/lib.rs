@@ -17,6 +17,7 @@ pub mod process;
 pub mod reachy;
 pub mod robots;
 pub mod stt;
+pub mod web;
 pub mod worker;
 
 pub mod nodes;
