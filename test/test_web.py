@@ -183,16 +183,16 @@ def test_roslibjs_publish_reaches_the_kernel_and_services_and_params_work(graph,
 
     r = c("call", name="/rosa/list_processes", type="rosa_interfaces/srv/ListProcesses", args={})
     assert r["ok"], r
-    assert r["response"]["table"]["max_processes"] == 4
+    assert r["response"]["max_processes"] == 4 and isinstance(r["response"]["processes"], list)
     bad = c("call", name="/rosa/list_processes", type="rosa_interfaces/srv/ListProcesses", args={"no_such_field": 1})
-    assert not bad["ok"] and "no_such_field" in bad["error"]
+    assert not bad["ok"] and "no_such_field" in bad["reason"]
 
     # Param get/set through rosapi (relative names, as roslibjs calls them).
     assert c("param_get", name="/rosa/kernel:max_steps") == {"n": c.n, "ok": True, "value": 8}
     assert c("param_set", name="/rosa/kernel:max_steps", value=5)["ok"]
     assert c("param_get", name="/rosa/kernel:max_steps")["value"] == 5
     ro = c("param_set", name="/rosa/kernel:queue_size", value=3)
-    assert not ro["ok"] and "read" in ro["error"].lower()
+    assert not ro["ok"] and "read" in ro["reason"].lower()
     assert "/rosa/kernel" in c("nodes")["nodes"]
 
 
@@ -215,12 +215,16 @@ def test_roslibjs_launch_goal_feedback_result_and_cancel(graph, peer, js, llm, r
     assert st["result"] is None and st["failed"].startswith("GoalError: Action was canceled"), st
     assert wid in st["failed"], st
 
+    pids = {p.pid for t in peer.received("/rosa/processes") for p in t.processes if p.worker_id == wid and p.pid > 0}
+    assert pids, "the worker was in the table with its pid"
+
     def ended():
         tables = peer.received("/rosa/processes")
         rows = [p for p in tables[-1].processes if p.worker_id == wid] if tables else []
         return not rows or rows[0].state not in ("running", "starting", "ready")
     wait_until(ended, 15, "the worker to end in the table")
-    wait_until(lambda: not graph.leftover_workers(), 15, "the worker process to be gone")
+    # Its OS process is gone (the process manager's warm, idle workers are other processes).
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 15, "the worker process to be gone")
 
 
 def test_roslibjs_throttle_fragments_cbor_and_cbor_raw(graph, peer, js):
@@ -284,7 +288,7 @@ def test_roslibpy_topics_subscribe_publish_and_service(graph, peer):
         wait_until(lambda: got, 10, "the process table")
         assert got[0]["max_processes"] == 4
         resp = roslibpy.Service(ros, "/rosa/list_processes", "rosa_interfaces/srv/ListProcesses").call(roslibpy.ServiceRequest({}), timeout=10)
-        assert resp["table"]["max_processes"] == 4
+        assert resp["max_processes"] == 4
         peer.listen("/web_test/py", String)
         t = roslibpy.Topic(ros, "/web_test/py", "std_msgs/msg/String")
         t.advertise()
@@ -436,7 +440,7 @@ def test_a_stalled_client_does_not_delay_others(graph, peer):
     good.send(json.dumps({"op": "subscribe", "topic": "/web_test/flood", "type": "std_msgs/msg/String"}))
     wait_until(lambda: pub.get_subscription_count() >= 2, 10, "both subscriptions")
     time.sleep(0.3)
-    big = "y" * 20000
+    big = "y" * 100_000
     latencies = []
     good.settimeout(5)
     for i in range(300):
@@ -448,12 +452,14 @@ def test_a_stalled_client_does_not_delay_others(graph, peer):
                 break
         latencies.append(time.monotonic() - t0)
     latencies.sort()
-    # 6 MB to a client that reads nothing: the good client still gets every message, promptly.
-    assert latencies[len(latencies) // 2] < 0.05, latencies[len(latencies) // 2]
+    # 30 MB to a client that reads nothing: the good client still gets every message (100 kB of
+    # JSON each, decoded here in Python), promptly: the stalled one's queue drops instead.
+    assert latencies[len(latencies) // 2] < 0.25, latencies[len(latencies) // 2]
     good.close()
     stalled.close()
     # The stalled client lost the oldest of its messages, and says how many when it goes.
-    found = wait_until(lambda: re.findall(r"rosbridge client disconnected.*dropped=(\d+)", graph.log("rosa_web")), 15, "the disconnect lines")
+    found = wait_until(lambda: (lambda f: f if len(f) >= 2 else None)(re.findall(r"rosbridge client disconnected.*dropped=(\d+)", graph.log("rosa_web"))),
+                       15, "both clients' disconnect lines")
     assert max(int(d) for d in found) > 0, found
 
 

@@ -2,10 +2,14 @@
 // `ws`, subprotocol foxglove.websocket.v1): serverInfo, channels with ros2msg schemas parsed by
 // @foxglove/rosmsg, CDR frames decoded by @foxglove/rosmsg2-serialization, a service call, and a
 // client publish. Prints one JSON line with what it saw; exits non-zero on failure.
-import { FoxgloveClient } from "@foxglove/ws-protocol";
-import { parse } from "@foxglove/rosmsg";
-import { MessageReader, MessageWriter } from "@foxglove/rosmsg2-serialization";
+import wsProtocol from "@foxglove/ws-protocol";
+import rosmsg from "@foxglove/rosmsg";
+import serialization from "@foxglove/rosmsg2-serialization";
 import WebSocket from "ws";
+
+const { FoxgloveClient } = wsProtocol;
+const { parse } = rosmsg;
+const { MessageReader, MessageWriter } = serialization;
 
 const url = process.argv[2];
 const fail = (why) => { console.error(why); process.exit(1); };
@@ -14,7 +18,7 @@ const ws = new WebSocket(url, [FoxgloveClient.SUPPORTED_SUBPROTOCOL]);
 const client = new FoxgloveClient({ ws });
 const seen = { statuses: [] };
 let done = 0;
-const finish = () => { if (++done === 2) { console.log(JSON.stringify(seen)); client.close(); process.exit(0); } };
+const finish = () => { if (++done === 3) { console.log(JSON.stringify(seen)); client.close(); process.exit(0); } };
 
 client.on("status", (s) => seen.statuses.push(s));
 client.on("serverInfo", (info) => { seen.serverInfo = info; seen.protocol = ws.protocol; });
@@ -46,7 +50,7 @@ client.on("advertiseServices", (services) => {
     client.on("serviceCallResponse", (r) => {
       if (r.callId !== 1) return;
       const m = reader.readMessage(new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength));
-      seen.service = { max_processes: m.table.max_processes };
+      seen.service = { max_processes: m.max_processes };
       finish();
     });
     client.on("serviceCallFailure", (f) => fail("service call failed: " + JSON.stringify(f)));
@@ -60,5 +64,6 @@ client.on("open", () => {
   const send = () => client.sendMessage(ch, writer.writeMessage({ data: "from foxglove" }));
   // Repeated a few times: the ROS subscriber matches the new publisher after a moment.
   for (let i = 1; i <= 6; i++) setTimeout(send, 300 * i);
+  setTimeout(finish, 300 * 6 + 100);
 });
 client.on("error", (e) => fail("client error: " + e));

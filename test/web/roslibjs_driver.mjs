@@ -16,9 +16,9 @@ out({ n: 0, connected: true });
 
 const commands = {
   topics: () => new Promise((res, rej) => ros.getTopics((r) => res(r), rej)),
-  services: () => new Promise((res, rej) => ros.getServices((r) => res(r), rej)),
-  nodes: () => new Promise((res, rej) => ros.getNodes((r) => res(r), rej)),
-  topic_type: (c) => new Promise((res, rej) => ros.getTopicType(c.topic, (r) => res(r), rej)),
+  services: () => new Promise((res, rej) => ros.getServices((r) => res({ services: r }), rej)),
+  nodes: () => new Promise((res, rej) => ros.getNodes((r) => res({ nodes: r }), rej)),
+  topic_type: (c) => new Promise((res, rej) => ros.getTopicType(c.topic, (r) => res({ type: r }), rej)),
   message_details: (c) => new Promise((res, rej) => ros.getMessageDetails(c.type, (r) => res(r), rej)),
   subscribe: (c) => {
     const t = new ROSLIB.Topic({ ros, name: c.topic, messageType: c.type, compression: c.compression || "none",
@@ -30,7 +30,7 @@ const commands = {
   // A subscribe op with fragment_size (roslibjs reassembles the fragments it gets).
   subscribe_fragmented: (c) => {
     received.set(c.key, []);
-    ros.on(c.topic, (m) => received.get(c.key).push({ t: Date.now(), m }));
+    ros.on(c.topic, (op) => received.get(c.key).push({ t: Date.now(), m: op.msg }));
     ros.callOnConnection({ op: "subscribe", id: c.key, topic: c.topic, type: c.type, fragment_size: c.fragment_size });
     return { subscribed: c.topic };
   },
@@ -42,10 +42,10 @@ const commands = {
   },
   call: (c) => new Promise((res) => {
     const s = new ROSLIB.Service({ ros, name: c.name, serviceType: c.type });
-    s.callService(c.args || {}, (r) => res({ ok: true, response: r }), (e) => res({ ok: false, error: String(e) }), c.timeout);
+    s.callService(c.args || {}, (r) => res({ ok: true, response: r }), (e) => res({ ok: false, reason: String(e) }), c.timeout);
   }),
-  param_get: (c) => new Promise((res) => new ROSLIB.Param({ ros, name: c.name }).get((v) => res({ ok: true, value: v }), (e) => res({ ok: false, error: String(e) }))),
-  param_set: (c) => new Promise((res) => new ROSLIB.Param({ ros, name: c.name }).set(c.value, (r) => res({ ok: true, response: r }), (e) => res({ ok: false, error: String(e) }))),
+  param_get: (c) => new Promise((res) => new ROSLIB.Param({ ros, name: c.name }).get((v) => res({ ok: true, value: v }), (e) => res({ ok: false, reason: String(e) }))),
+  param_set: (c) => new Promise((res) => new ROSLIB.Param({ ros, name: c.name }).set(c.value, (r) => res({ ok: true, response: r }), (e) => res({ ok: false, reason: String(e) }))),
   goal: (c) => {
     const a = new ROSLIB.Action({ ros, name: c.name, actionType: c.type });
     const g = { feedback: [], result: null, failed: null };

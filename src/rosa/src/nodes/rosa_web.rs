@@ -641,18 +641,39 @@ impl Rb {
 
     // -- services ----------------------------------------------------------------------------
 
+    /// Errors come back as a `service_response` with `result: false` (what callers wait for).
     fn call_service(&mut self, op: Json) -> Result<(), String> {
-        let service = absolute(field_str(&op, "service")?);
-        let given_type = opt_str(&op, "type")?.map(str::to_string);
-        let timeout = match opt_num(&op, "timeout")? {
-            Some(t) if t > 0.0 => crate::input::clamped_seconds(t, 0.001, 86400.0),
-            _ => self.server.call_timeout,
-        };
         let server = self.server.clone();
         let out = self.out.clone();
-        if !service.starts_with("/rosapi/") {
-            server.access.check(Kind::Service, &service)?;
-        }
+        let respond = move |service: &str, id: Option<Json>, r: Result<Json, String>| {
+            let mut m = match r {
+                Ok(values) => json!({"op": "service_response", "service": service, "values": values, "result": true}),
+                Err(e) => json!({"op": "service_response", "service": service, "values": e, "result": false}),
+            };
+            if let Some(id) = id {
+                m["id"] = id;
+            }
+            out.push(Frame::Text(m.to_string()));
+        };
+        let service = absolute(field_str(&op, "service")?);
+        let prepared = (|| -> Result<_, String> {
+            let given_type = opt_str(&op, "type")?.map(str::to_string);
+            let timeout = match opt_num(&op, "timeout")? {
+                Some(t) if t > 0.0 => crate::input::clamped_seconds(t, 0.001, 86400.0),
+                _ => server.call_timeout,
+            };
+            if !service.starts_with("/rosapi/") {
+                server.access.check(Kind::Service, &service)?;
+            }
+            Ok((given_type, timeout))
+        })();
+        let (given_type, timeout) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                respond(&service, op.get("id").cloned(), Err(format!("call_service: {e}")));
+                return Ok(());
+            }
+        };
         self.tasks.push(tokio::spawn(async move {
             let id = op.get("id").cloned();
             let args = op.get("args").cloned().unwrap_or(Json::Null);
@@ -666,14 +687,7 @@ impl Rb {
             } else {
                 call_ros_service(&server, &service, given_type.as_deref(), &args, timeout).await
             };
-            let mut m = match r {
-                Ok(values) => json!({"op": "service_response", "service": service, "values": values, "result": true}),
-                Err(e) => json!({"op": "service_response", "service": service, "values": e, "result": false}),
-            };
-            if let Some(id) = id {
-                m["id"] = id;
-            }
-            out.push(Frame::Text(m.to_string()));
+            respond(&service, id, r);
         }));
         Ok(())
     }
