@@ -40,10 +40,11 @@ ARGUMENTS = {
     "stt_model": ("", "stt: a ggml whisper model, absolute or in $ROSA_MODELS_DIR (empty: params_file's)"),
     "with_stt": ("true", "start the stt node"),
     "with_reachy": ("true", "start the reachy_driver node"),
+    "with_web": ("true", "start rosa_web (the browser UI at http://127.0.0.1:8765/, rosbridge v2 and Foxglove WebSocket on :9090 and :8765)"),
 }
 
 # The nodes, in start order, and the launch argument that turns each off.
-NODES = [("process_manager", None), ("kernel", None), ("reachy_driver", "with_reachy"), ("stt", "with_stt")]
+NODES = [("process_manager", None), ("kernel", None), ("reachy_driver", "with_reachy"), ("stt", "with_stt"), ("rosa_web", "with_web")]
 
 
 def default_params_file():

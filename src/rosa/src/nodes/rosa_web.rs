@@ -157,7 +157,8 @@ pub async fn run() -> anyhow::Result<()> {
         let port = u16::try_from(*p).unwrap_or(0);
         let listener = tokio::net::TcpListener::bind((params.bind.as_str(), port))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{port}: {e}", params.bind))?;
+            // A taken port is not fixed by restarting: a configuration error (exit 78).
+            .map_err(|e| anyhow::Error::new(crate::ConfigurationError(format!("cannot listen on {}:{port}: {e} (set ports in the params file)", params.bind))))?;
         let addr = listener.local_addr()?;
         // A line tests and ./rosa up read: the address each port got.
         tracing::info!("rosa_web listening on http://{addr}/ (rosbridge v2, Foxglove WebSocket, UI)");
