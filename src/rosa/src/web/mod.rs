@@ -338,6 +338,9 @@ pub enum FragmentError {
     TooMany { id: String, max: usize },
 }
 
+/// Fragments of one message at most (the slots are allocated when its first fragment comes).
+pub const MAX_FRAGMENTS: usize = 100_000;
+
 /// Reassembles incoming `fragment` ops into whole messages (bounded in size and count; partial
 /// messages older than `ttl` are forgotten).
 pub struct Reassembly {
@@ -376,6 +379,9 @@ impl Reassembly {
         }
         if total > self.max_bytes {
             return Err(FragmentError::TooLarge { id, max: self.max_bytes });
+        }
+        if total > MAX_FRAGMENTS {
+            return Err(FragmentError::Invalid(format!("{id}: {total} fragments is more than {MAX_FRAGMENTS}")));
         }
         let now = Instant::now();
         let ttl = self.ttl;
@@ -561,6 +567,8 @@ mod tests {
         assert!(r.add(&json!({"id": "a", "data": "x", "num": 0, "total": 0})).is_err());
         assert!(r.add(&json!({"id": "a", "data": 5, "num": 0, "total": 2})).is_err());
         assert!(matches!(r.add(&json!({"id": "a", "data": "x", "num": 0, "total": 1_000_000})), Err(FragmentError::TooLarge { .. })));
+        let mut big = Reassembly::new(1 << 30, 2, Duration::from_secs(60));
+        assert!(matches!(big.add(&json!({"id": "a", "data": "x", "num": 0, "total": 500_000_000})), Err(FragmentError::Invalid(_))));
         assert_eq!(r.add(&json!({"id": "a", "data": "x", "num": 0, "total": 2})), Ok(None));
         assert!(r.add(&json!({"id": "a", "data": "x", "num": 1, "total": 3})).is_err(), "total changed");
         assert_eq!(r.add(&json!({"id": "b", "data": "x", "num": 0, "total": 2})), Ok(None));
