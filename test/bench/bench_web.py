@@ -115,13 +115,16 @@ def start_rosa_web(tmp):
 
 def start_rosbridge_suite(tmp, prefix):
     port = free_port()
-    prefix = Path(prefix)
-    site = sorted(prefix.glob("lib/python3*/site-packages"))
+    base = Path(prefix)
+    # A merged prefix, or colcon's isolated install base (one prefix per package).
+    prefixes = [base] if (base / "lib" / "rosbridge_server").exists() else sorted(p for p in base.iterdir() if (p / "share").is_dir())
+    site = [s for p in prefixes for s in sorted(p.glob("lib/python3*/site-packages"))]
     env = dict(os.environ)
-    env["PYTHONPATH"] = ":".join([str(s) for s in site] + [env.get("PYTHONPATH", "")])
-    env["AMENT_PREFIX_PATH"] = f"{prefix}:{env.get('AMENT_PREFIX_PATH', '')}"
-    env["LD_LIBRARY_PATH"] = f"{prefix}/lib:{env.get('LD_LIBRARY_PATH', '')}"
-    script = prefix / "lib" / "rosbridge_server" / "rosbridge_websocket"
+    extra = os.environ.get("ROSBRIDGE_SUITE_PYTHONPATH", "")  # its pip dependencies (tornado, pymongo's bson, Pillow)
+    env["PYTHONPATH"] = ":".join([str(s) for s in site] + [extra, env.get("PYTHONPATH", "")])
+    env["AMENT_PREFIX_PATH"] = ":".join([str(p) for p in prefixes] + [env.get("AMENT_PREFIX_PATH", "")])
+    env["LD_LIBRARY_PATH"] = ":".join([f"{p}/lib" for p in prefixes] + [env.get("LD_LIBRARY_PATH", "")])
+    script = next(p / "lib" / "rosbridge_server" / "rosbridge_websocket" for p in prefixes if (p / "lib" / "rosbridge_server").exists())
     argv = [sys.executable, str(script), "--ros-args", "-p", f"port:={port}", "-p", "address:=127.0.0.1"]
     return Server("rosbridge_suite", argv, env, port, tmp / "rosbridge_suite.log")
 
