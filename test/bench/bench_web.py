@@ -148,7 +148,8 @@ class Clients:
         for p in self.ps:
             p.stdin.close()
         for p in self.ps:
-            o, _ = p.communicate(timeout=60)
+            o = p.stdout.read()
+            p.wait(timeout=60)
             out.append(json.loads(o.strip().splitlines()[-1]))
         return out
 
@@ -291,6 +292,8 @@ def main():
             try:
                 results[name] = run(s, node, args)
             except Exception as e:  # a server that falls over is a result too
+                import traceback
+                traceback.print_exc()
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  {name} failed: {e}\n  log: {Path(s.logpath).read_text()[-2000:]}", flush=True)
             finally:

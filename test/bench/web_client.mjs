@@ -3,6 +3,7 @@
 // latency, and prints one JSON line of results when stdin closes or on SIGTERM.
 //   node web_client.mjs ws://127.0.0.1:9090 /topic1 [/topic2 ...]
 import * as ROSLIB from "roslib";
+import fs from "node:fs";
 
 const [url, ...topics] = process.argv.slice(2);
 const ros = new ROSLIB.Ros({ url });
@@ -12,7 +13,8 @@ let done = false;
 function report() {
   if (done) return;
   done = true;
-  console.log(JSON.stringify({ received: stats.received, first_ms: stats.first, last_ms: stats.last, perTopic: stats.perTopic, lat_ms: stats.lat }));
+  // Synchronous: process.exit would cut an asynchronous write to a pipe at 64 kB.
+  fs.writeSync(1, JSON.stringify({ received: stats.received, first_ms: stats.first, last_ms: stats.last, perTopic: stats.perTopic, lat_ms: stats.lat }) + "\n");
   process.exit(0);
 }
 process.on("SIGTERM", report);
