@@ -546,9 +546,9 @@ mod tests {
         assert!(frags.len() > 10);
         let mut r = Reassembly::new(1 << 20, 10, Duration::from_secs(60));
         let mut out = None;
-        // Out of order, one repeated.
+        // Out of order, one repeated before the message completes (the last one completes it).
         let mut order: Vec<usize> = (0..frags.len()).rev().collect();
-        order.insert(1, 0);
+        order.insert(1, frags.len() - 1);
         for i in order {
             let v: serde_json::Value = serde_json::from_str(&frags[i]).unwrap();
             if let Some(m) = r.add(&v).unwrap() {
