@@ -42,11 +42,12 @@ ARGUMENTS = {
     "with_reachy": ("true", "start the reachy_driver node"),
     "with_llm_server": ("true", "start llm_server, the embedded local model (the last provider of llm.urls); "
                                 "not started when llm_url is given"),
+    "with_web": ("true", "start rosa_web (the browser UI at http://127.0.0.1:8765/, rosbridge v2 and Foxglove WebSocket on :9090 and :8765)"),
 }
 
 # The nodes, in start order, and the launch argument that turns each off.
 NODES = [("llm_server", "with_llm_server"), ("process_manager", None), ("kernel", None),
-         ("reachy_driver", "with_reachy"), ("stt", "with_stt")]
+         ("reachy_driver", "with_reachy"), ("stt", "with_stt"), ("rosa_web", "with_web")]
 
 
 def default_params_file():

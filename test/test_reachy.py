@@ -429,7 +429,7 @@ def test_rosa_up_runs_the_simulated_robot(tmp_path):
     log_dir = tmp_path / "logs"
     env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", ROSA_TEST_MARK=str(log_dir), ROSA_DATA_DIR=str(tmp_path / "data"))
-    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", "http://127.0.0.1:9/v1", "--log-dir", str(log_dir),
+    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--no-web", "--llm-url", "http://127.0.0.1:9/v1", "--log-dir", str(log_dir),
                            "--daemon-port", str(daemon_port), "--mcp-port", str(mcp_port)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     sim = ReachyDaemon(tmp_path, port=daemon_port)  # to read the daemon's state only

@@ -423,7 +423,7 @@ def test_rosa_up_prints_one_escaped_line_per_event(tmp_path, domain_id, llm, pee
     llm.handler = lambda req: Reply("done")
     log_dir = tmp_path / "logs"
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", llm.url, "--llm-model", "scripted",
+    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--no-web", "--llm-url", llm.url, "--llm-model", "scripted",
                            "--log-dir", str(log_dir), "--no-sim", "--no-stt"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     kernel_log = log_dir / "kernel.log"

@@ -35,7 +35,7 @@ def test_up_say_respawn_and_ctrl_c(tmp_path, domain_id, llm, robot, peer):
     log_dir = tmp_path / "logs"
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                ROSA_TEST_MARK=str(log_dir), ROSA_DATA_DIR=str(tmp_path / "data"))
-    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", llm.url, "--llm-model", "scripted",
+    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--no-web", "--llm-url", llm.url, "--llm-model", "scripted",
                            "--robots", str(robots), "--log-dir", str(log_dir), "--no-sim"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

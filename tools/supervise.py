@@ -260,6 +260,7 @@ def main():
     p.add_argument("--audio-source", metavar="SPEC", default=None,
                    help="the stt node's audio_source: default, device:<name>, file:<wav>, topic:<name> or none")
     p.add_argument("--no-stt", action="store_true", help="do not start the speech-to-text node")
+    p.add_argument("--no-web", action="store_true", help="do not start rosa_web (the browser UI, rosbridge and Foxglove)")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
     p.add_argument("--dds-network", action="store_true",
                    help="do not lock DDS to loopback (config/fastdds_loopback.xml): other machines can then "
@@ -310,7 +311,7 @@ def main():
     env.setdefault("RUST_LOG", "info")
 
     # The nodes, in start order; the Reachy Mini driver once its daemon runs.
-    nodes = (["llm_server"] if with_llm_server else []) + ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"])
+    nodes = (["llm_server"] if with_llm_server else []) + ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"]) + ([] if args.no_web else ["rosa_web"])
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):
@@ -362,6 +363,8 @@ def main():
         daemon.start()
     for s in procs:
         s.start()
+    if not args.no_web:
+        print("rosa: the UI is at http://127.0.0.1:8765/ (rosbridge v2 and Foxglove WebSocket on ws://127.0.0.1:9090 and :8765)")
     if daemon:
         # The driver starts once the daemon runs (a restarting driver reconnects by itself).
         t0 = time.monotonic()

@@ -22,6 +22,7 @@ pub mod process_journal;
 pub mod reachy;
 pub mod robots;
 pub mod stt;
+pub mod web;
 pub mod worker;
 
 pub mod nodes;

@@ -575,6 +575,8 @@ mod tests {
         assert!(ignored.iter().all(|n| n.starts_with("llm.") || n == "robots_file"), "{ignored:?}");
         let ignored = check_node::<crate::nodes::llm_server::LlmServerParams>("/rosa/llm_server");
         assert!(ignored.iter().all(|n| n.starts_with("llm.") || n == "robots_file"), "{ignored:?}");
+        let ignored = check_node::<crate::nodes::rosa_web::WebParams>("/rosa/rosa_web");
+        assert!(ignored.iter().all(|n| n.starts_with("llm.") || n == "robots_file"), "{ignored:?}");
         let ignored = check_node::<crate::stt::params::SttParams>("/rosa/stt");
         assert!(ignored.contains(&"robots_file".to_string()) && ignored.iter().any(|n| n == "llm.urls"), "{ignored:?}");
         let stt = descriptors::<crate::stt::params::SttParams>().unwrap();

@@ -20,6 +20,7 @@
 //! let text = registry.ros2msg("nav_msgs/msg/Odometry")?;   // an MCAP / Foxglove schema
 //! ```
 
+pub mod cbor;
 pub mod cdr;
 pub mod json;
 pub mod node;

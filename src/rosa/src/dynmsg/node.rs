@@ -416,6 +416,14 @@ struct PublisherGuard {
     publisher: r2r::PublisherUntyped,
 }
 
+// SAFETY: r2r's `PublisherUntyped` is `Send` but not `Sync` (it holds a `Weak` to the rcl
+// publisher). Shared use only calls `&self` methods that go to rcl: `rcl_publish_serialized_message`
+// and the matched-subscription count, which rcl documents as thread-safe for one publisher
+// (the rmw's publish is thread-safe, Fast DDS's is); the publisher is destroyed only in the spin
+// thread, after the last clone is gone. So a `DynPublisher` can live in a task that moves between
+// tokio's threads (rosa_web keeps one per client topic).
+unsafe impl Sync for PublisherGuard {}
+
 impl Drop for PublisherGuard {
     fn drop(&mut self) {
         let p = self.publisher.clone();

@@ -5,3 +5,4 @@ pub mod process_manager;
 pub mod stt;
 pub mod worker;
 pub mod reachy_driver;
+pub mod rosa_web;
