@@ -40,10 +40,12 @@ ARGUMENTS = {
     "stt_model": ("", "stt: a ggml whisper model, absolute or in $ROSA_MODELS_DIR (empty: params_file's)"),
     "with_stt": ("true", "start the stt node"),
     "with_reachy": ("true", "start the reachy_driver node"),
+    "record": ("false", "start the bag_recorder node: the session as a rosbag2 MCAP bag"),
+    "record_dir": ("", "bag_recorder: the bag directory (empty: rosbag2_<date>-<time> in the current directory)"),
 }
 
 # The nodes, in start order, and the launch argument that turns each off.
-NODES = [("process_manager", None), ("kernel", None), ("reachy_driver", "with_reachy"), ("stt", "with_stt")]
+NODES = [("bag_recorder", "record"), ("process_manager", None), ("kernel", None), ("reachy_driver", "with_reachy"), ("stt", "with_stt")]
 
 
 def default_params_file():
@@ -75,6 +77,7 @@ def launch_overrides(args, default_model="openai/gpt-oss-120b"):
         "kernel": {**llm, **robots},
         "reachy_driver": {"daemon_url": args["daemon_url"]} if args.get("daemon_url") else {},
         "stt": {k: args[a] for k, a in (("audio_source", "audio_source"), ("model", "stt_model")) if args.get(a)},
+        "bag_recorder": {"output": args["record_dir"]} if args.get("record_dir") else {},
     }
     return {f"/{NAMESPACE}/{n}": {"ros__parameters": p} for n, p in per_node.items() if p}
 

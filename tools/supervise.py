@@ -140,6 +140,9 @@ def main():
     p.add_argument("--audio-source", metavar="SPEC", default=None,
                    help="the stt node's audio_source: default, device:<name>, file:<wav>, topic:<name> or none")
     p.add_argument("--no-stt", action="store_true", help="do not start the speech-to-text node")
+    p.add_argument("--record", nargs="?", const="", default=None, metavar="DIR",
+                   help="record the session into a rosbag2 MCAP bag DIR (default rosbag2_<date>-<time> here): "
+                        "the bag_recorder node, started first; ./rosa bag info/play read it")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
     args = p.parse_args()
 
@@ -177,6 +180,11 @@ def main():
 
     # The nodes, in start order; the Reachy Mini driver once its daemon runs.
     nodes = ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"])
+    if args.record is not None:
+        # First, so that it is subscribed before the others publish; stopped last.
+        nodes.insert(0, "bag_recorder")
+        if args.record:
+            node_overrides["bag_recorder"] = ["-p", "output:=" + json.dumps(str(Path(args.record).resolve()))]
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):

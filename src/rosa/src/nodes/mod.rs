@@ -4,3 +4,4 @@ pub mod process_manager;
 pub mod stt;
 pub mod worker;
 pub mod reachy_driver;
+pub mod bag;
