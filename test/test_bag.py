@@ -21,7 +21,7 @@ from rclpy.serialization import serialize_message
 from rosa_interfaces.msg import AudioData, KernelEvent, ProcessTable, Transcript, Update, WorkerCallback
 from std_msgs.msg import String
 
-from conftest import LATCHED, RELIABLE, Graph, Peer, fresh_domain_id, node_binary, wait_until
+from conftest import LATCHED, RECENT, RELIABLE, Graph, Peer, fresh_domain_id, node_binary, wait_until
 from support.scripted_llm import default_handler
 
 rosbags_highlevel = pytest.importorskip("rosbags.highlevel", reason="rosbags (installed by ./rosa setup)")
@@ -94,7 +94,7 @@ def session(graph, peer, out, commands, transcripts=()):
     graph.start("process_manager")
     graph.start("kernel")
     for topic, t, qos in (("/rosa/worker_callback", WorkerCallback, None), ("/rosa/updates", Update, None),
-                          ("/rosa/events", KernelEvent, None), ("/rosa/processes", ProcessTable, LATCHED),
+                          ("/rosa/events", KernelEvent, None), ("/rosa/processes", ProcessTable, RECENT),
                           ("/rosa/command", String, RELIABLE), ("/rosa/stt/transcript", Transcript, RELIABLE)):
         peer.listen(topic, t, qos)
     wait_until(lambda: peer.node.count_publishers("/rosa/processes") >= 1, 20, "the process manager")

@@ -355,8 +355,10 @@ impl BagWriter {
 
     fn metadata_with(&mut self, f: &McapFile) -> Metadata {
         let mut m = self.metadata();
-        if m.files.last().map(|x| x.path.clone()) != Some(f.info().path) {
-            m.files.push(f.info());
+        let info = f.info();
+        if m.files.last().map(|x| &x.path) != Some(&info.path) {
+            m.relative_file_paths.push(info.path.clone());
+            m.files.push(info);
         }
         m
     }

@@ -565,18 +565,15 @@ async fn play(args: &[String]) -> anyhow::Result<()> {
         Some(m) if m.message_count > 0 => Some(m.starting_time.nanoseconds_since_epoch),
         _ => None,
     };
-    let pubs = Arc::new(publishers);
-    let played = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut total = 0;
-        loop {
-            total += play_once(&bag, &pubs, &o, start_time, &stop)?;
-            if !o.looped || stop.load(Ordering::Relaxed) {
-                break;
-            }
+    // Played here, in the node's task (the publishers are not Send); tokio's timer keeps the
+    // recorded spacing (millisecond resolution).
+    let mut played = 0;
+    loop {
+        played += play_once(&bag, &publishers, &o, start_time, &stop).await;
+        if !o.looped || stop.load(Ordering::Relaxed) {
+            break;
         }
-        Ok(total)
-    })
-    .await??;
+    }
     // Reliable subscribers get the last messages before the publishers go.
     tokio::time::sleep(Duration::from_millis(300)).await;
     eprintln!("rosa bag play: {played} messages played");
@@ -584,10 +581,10 @@ async fn play(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn play_once(bag: &Bag, pubs: &std::collections::HashMap<String, DynPublisher>, o: &PlayOptions, start_time: Option<u64>, stop: &AtomicBool) -> anyhow::Result<u64> {
+async fn play_once(bag: &Bag, pubs: &std::collections::HashMap<String, DynPublisher>, o: &PlayOptions, start_time: Option<u64>, stop: &AtomicBool) -> u64 {
     let offset = (o.start_offset * 1e9) as u64;
     let mut first: Option<u64> = start_time;
-    let mut clock: Option<(Instant, u64)> = None;
+    let mut clock: Option<(tokio::time::Instant, u64)> = None;
     let mut n = 0;
     for m in bag.messages() {
         if stop.load(Ordering::Relaxed) {
@@ -605,20 +602,20 @@ fn play_once(bag: &Bag, pubs: &std::collections::HashMap<String, DynPublisher>, 
             continue;
         }
         let Some(p) = pubs.get(&*m.topic) else { continue };
-        let (wall0, bag0) = *clock.get_or_insert((Instant::now(), m.log_time));
+        let (wall0, bag0) = *clock.get_or_insert((tokio::time::Instant::now(), m.log_time));
         let due = wall0 + Duration::from_secs_f64(m.log_time.saturating_sub(bag0) as f64 / 1e9 / o.rate);
-        while let Some(left) = due.checked_duration_since(Instant::now()) {
+        while tokio::time::Instant::now() < due {
             if stop.load(Ordering::Relaxed) {
-                return Ok(n);
+                return n;
             }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
+            tokio::time::sleep_until(due.min(tokio::time::Instant::now() + Duration::from_millis(100))).await;
         }
         match p.publish_cdr(&m.data) {
             Ok(()) => n += 1,
             Err(e) => eprintln!("rosa bag play: {}: {e}", m.topic),
         }
     }
-    Ok(n)
+    n
 }
 
 fn info(args: &[String]) -> anyhow::Result<()> {
