@@ -267,7 +267,7 @@ def test_a_full_disk_stops_recording_with_a_clear_error_and_the_graph_goes_on(gr
     try:
         graph.start("process_manager")
         pub = peer.node.create_publisher(String, "/rosa/probe", QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
-        rec = start_recorder(graph, disk / "bag", flush_period_sec=0.05)
+        rec = start_recorder(graph, disk / "bag", flush_period_sec=0.05, topics=json.dumps(["/rosa/probe"]))
         wait_until(lambda: pub.get_subscription_count() >= 1, 20, "the recorder's subscription")
         for i in range(4000):  # ~4 MB for a 2 MiB disk
             pub.publish(String(data=f"{i:05d}" + "x" * 1000))
@@ -296,7 +296,7 @@ def test_a_full_disk_stops_recording_with_a_clear_error_and_the_graph_goes_on(gr
 def test_play_keeps_the_recorded_timing(graph, peer, tmp_path):
     out = tmp_path / "timing"
     pub = peer.node.create_publisher(String, "/rosa/tick", RELIABLE)
-    rec = start_recorder(graph, out)
+    rec = start_recorder(graph, out, topics=json.dumps(["/rosa/tick"]))  # the bag starts with tick 0
     wait_until(lambda: pub.get_subscription_count() >= 1, 20, "the recorder's subscription")
     t0 = time.monotonic()
     for i in range(30):

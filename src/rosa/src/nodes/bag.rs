@@ -10,7 +10,7 @@
 //! one writer thread owns the bag and flushes a chunk every `flush_period_sec`.
 
 use crate::bag::{self, Bag, BagError, BagWriter, Compression, Qos, TopicId, TopicInfo, TopicSelector, WriterOptions};
-use crate::dynmsg::{match_publishers, DynNode, DynPublisher, RawCallbackSubscription, Registry, SerializedMessage, TopicEndpointInfo};
+use crate::dynmsg::{is_hidden, match_publishers, DynNode, DynPublisher, RawCallbackSubscription, Registry, SerializedMessage, TopicEndpointInfo};
 use crate::ros;
 use crate::ConfigurationError;
 use r2r::qos::{DurabilityPolicy, HistoryPolicy, LivelinessPolicy, ReliabilityPolicy};
@@ -37,6 +37,8 @@ pub struct RecorderParams {
     pub exclude: Vec<String>,
     /// Also record audio topics (large): /rosa/audio*, /audio*, */audio.
     pub audio: bool,
+    /// Also record hidden topics (a name part starting with `_`, such as actions' feedback and status), as rosbag2's --include-hidden-topics.
+    pub include_hidden: bool,
     /// Chunk compression: none, zstd or lz4.
     pub compression: String,
     /// Target chunk size, bytes.
@@ -73,6 +75,7 @@ impl Default for RecorderParams {
             all: false,
             exclude: Vec::new(),
             audio: false,
+            include_hidden: false,
             compression: "none".into(),
             chunk_size: 1 << 20,
             max_bag_size: 0,
@@ -303,7 +306,7 @@ struct Recording {
 }
 
 /// Look at the graph once; subscribe to every new selected topic that has a publisher.
-async fn discover(dn: &DynNode, registry: &Registry, selector: &TopicSelector, depth: usize, queue: &Queue, rec: &mut Recording) {
+async fn discover(dn: &DynNode, registry: &Registry, selector: &TopicSelector, hidden: bool, depth: usize, queue: &Queue, rec: &mut Recording) {
     let topics = match dn.with_node(|n| n.get_topic_names_and_types()).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return tracing::warn!("cannot read the graph: {e}"),
@@ -312,7 +315,7 @@ async fn discover(dn: &DynNode, registry: &Registry, selector: &TopicSelector, d
     let mut names: Vec<_> = topics.into_iter().collect();
     names.sort();
     for (topic, types) in names {
-        if rec.known.contains(&topic) || !selector.selects(&topic) {
+        if rec.known.contains(&topic) || !selector.selects(&topic) || (!hidden && is_hidden(&topic)) {
             continue;
         }
         let publishers: Vec<TopicEndpointInfo> = dn.publishers_info(&topic).await.unwrap_or_default();
@@ -391,7 +394,7 @@ pub async fn run_recorder() -> anyhow::Result<()> {
                 if writer_thread.is_finished() {
                     break;
                 }
-                discover(&dn, &registry, &selector, depth, &queue, &mut rec).await;
+                discover(&dn, &registry, &selector, p.include_hidden, depth, &queue, &mut rec).await;
             }
             _ = report.tick() => {
                 let dropped = queue.dropped.load(Ordering::Relaxed);
@@ -423,7 +426,7 @@ pub async fn run_recorder() -> anyhow::Result<()> {
 // The tool: ./rosa bag record|info|play|repair
 // ---------------------------------------------------------------------------------------------
 
-const USAGE: &str = "usage: ./rosa bag record [-o DIR] [TOPIC…] [--all] [--exclude GLOB]… [--audio] [--compression none|zstd|lz4] [--max-bag-size BYTES] [--max-bag-duration SEC]
+const USAGE: &str = "usage: ./rosa bag record [-o DIR] [TOPIC…] [--all] [--exclude GLOB]… [--audio] [--include-hidden-topics] [--compression none|zstd|lz4] [--max-bag-size BYTES] [--max-bag-duration SEC]
        ./rosa bag info DIR
        ./rosa bag play DIR [--rate R] [--topics TOPIC…] [--loop] [--start-offset SEC] [--delay SEC] [--wait-for-subscribers SEC]
        ./rosa bag repair DIR";
@@ -456,6 +459,7 @@ fn record(args: &[String]) -> anyhow::Result<()> {
             "-a" | "--all" => params.push(("all".into(), true.into())),
             "-e" | "--exclude" => exclude.push(value(&mut it, a)?.clone()),
             "--audio" => params.push(("audio".into(), true.into())),
+            "--include-hidden-topics" => params.push(("include_hidden".into(), true.into())),
             "--compression" => {
                 let c = value(&mut it, a)?;
                 c.parse::<Compression>().map_err(|e| usage(&e.to_string()))?;
