@@ -7,6 +7,7 @@ SIGTERM and SIGKILL, play timing, replaying a session into a fresh graph, and a 
 `rosbags` played back by rosa.
 """
 
+import io
 import json
 import os
 import signal
@@ -16,13 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from rosa_interfaces.msg import AudioData, KernelEvent, ProcessTable, Transcript, Update, WorkerCallback
 from std_msgs.msg import String
 
 from conftest import LATCHED, RECENT, RELIABLE, Graph, Peer, fresh_domain_id, node_binary, wait_until
-from support.scripted_llm import default_handler
 
 rosbags_highlevel = pytest.importorskip("rosbags.highlevel", reason="rosbags (installed by ./rosa setup)")
 from mcap.reader import make_reader  # noqa: E402
@@ -282,7 +282,7 @@ def test_a_full_disk_stops_recording_with_a_clear_error_and_the_graph_goes_on(gr
         data = (disk / "bag" / "bag_0.mcap").read_bytes()
         got = []
         try:
-            for r in StreamReader(__import__("io").BytesIO(data), skip_magic=False).records:
+            for r in StreamReader(io.BytesIO(data), skip_magic=False).records:
                 if isinstance(r, Message):
                     got.append(r.data)
         except Exception:  # noqa: BLE001 -- the file ends where the disk filled
