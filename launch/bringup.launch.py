@@ -43,10 +43,12 @@ ARGUMENTS = {
     "with_llm_server": ("true", "start llm_server, the embedded local model (the last provider of llm.urls); "
                                 "not started when llm_url is given"),
     "with_web": ("true", "start rosa_web (the browser UI at http://127.0.0.1:8765/, rosbridge v2 and Foxglove WebSocket on :9090 and :8765)"),
+    "record": ("false", "start the bag_recorder node: the session as a rosbag2 MCAP bag"),
+    "record_dir": ("", "bag_recorder: the bag directory (empty: rosbag2_<date>-<time> in the current directory)"),
 }
 
 # The nodes, in start order, and the launch argument that turns each off.
-NODES = [("llm_server", "with_llm_server"), ("process_manager", None), ("kernel", None),
+NODES = [("bag_recorder", "record"), ("llm_server", "with_llm_server"), ("process_manager", None), ("kernel", None),
          ("reachy_driver", "with_reachy"), ("stt", "with_stt"), ("rosa_web", "with_web")]
 
 
@@ -79,6 +81,7 @@ def launch_overrides(args, default_model="openai/gpt-oss-120b"):
         "kernel": {**llm, **robots},
         "reachy_driver": {"daemon_url": args["daemon_url"]} if args.get("daemon_url") else {},
         "stt": {k: args[a] for k, a in (("audio_source", "audio_source"), ("model", "stt_model")) if args.get(a)},
+        "bag_recorder": {"output": args["record_dir"]} if args.get("record_dir") else {},
     }
     return {f"/{NAMESPACE}/{n}": {"ros__parameters": p} for n, p in per_node.items() if p}
 

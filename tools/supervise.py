@@ -261,6 +261,9 @@ def main():
                    help="the stt node's audio_source: default, device:<name>, file:<wav>, topic:<name> or none")
     p.add_argument("--no-stt", action="store_true", help="do not start the speech-to-text node")
     p.add_argument("--no-web", action="store_true", help="do not start rosa_web (the browser UI, rosbridge and Foxglove)")
+    p.add_argument("--record", nargs="?", const="", default=None, metavar="DIR",
+                   help="record the session into a rosbag2 MCAP bag DIR (default rosbag2_<date>-<time> here): "
+                        "the bag_recorder node, started first; ./rosa bag info/play read it")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
     p.add_argument("--dds-network", action="store_true",
                    help="do not lock DDS to loopback (config/fastdds_loopback.xml): other machines can then "
@@ -312,6 +315,11 @@ def main():
 
     # The nodes, in start order; the Reachy Mini driver once its daemon runs.
     nodes = (["llm_server"] if with_llm_server else []) + ["process_manager", "kernel"] + ([] if args.no_stt else ["stt"]) + ([] if args.no_web else ["rosa_web"])
+    if args.record is not None:
+        # First, so that it is subscribed before the others publish; stopped last.
+        nodes.insert(0, "bag_recorder")
+        if args.record:
+            node_overrides["bag_recorder"] = ["-p", "output:=" + json.dumps(str(Path(args.record).resolve()))]
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):

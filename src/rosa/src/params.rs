@@ -570,6 +570,8 @@ mod tests {
         use crate::nodes::{kernel::KernelParams, process_manager::ProcessManagerParams, reachy_driver::ReachyParams};
         assert!(check_node::<KernelParams>("/rosa/kernel").is_empty());
         assert!(check_node::<ProcessManagerParams>("/rosa/process_manager").is_empty());
+        let ignored = check_node::<crate::nodes::bag::RecorderParams>("/rosa/bag_recorder");
+        assert!(ignored.iter().all(|n| n.starts_with("llm.") || n == "robots_file"), "{ignored:?}");
         // These two take none of the /** section's llm.* and robots_file.
         let ignored = check_node::<ReachyParams>("/rosa/reachy_driver");
         assert!(ignored.iter().all(|n| n.starts_with("llm.") || n == "robots_file"), "{ignored:?}");

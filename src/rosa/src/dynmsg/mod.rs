@@ -32,7 +32,7 @@ pub use cdr::CdrError;
 pub use json::JsonError;
 pub use node::{
     is_hidden, match_publishers, CancelResponse, DynActionClient, DynClient, DynGoal, DynNode, DynPublisher, DynService,
-    DynServiceRequest, GoalResult, GoalStatus, Graph, NodeDetails, RawSubscription, Received, SubscribeOptions,
+    DynServiceRequest, GoalResult, GoalStatus, Graph, NodeDetails, RawCallbackSubscription, RawSubscription, Received, SubscribeOptions,
     Subscription,
 };
 pub use r2r::{MessageInfo, SerializedMessage, TopicEndpointInfo};

@@ -163,9 +163,6 @@ impl DynNode {
     /// Subscribe to raw CDR (with rmw's message info). QoS: as `options` say, by default matched to
     /// the topic's publishers (see [`match_publishers`]).
     pub async fn subscribe_raw(&self, topic: &str, type_name: &str, options: SubscribeOptions) -> Result<RawSubscription, DynError> {
-        let tn = TypeName::parse(type_name)?;
-        let ty = self.inner.registry.message(type_name)?;
-        let ts = typesupport::message(&self.inner.registry, &tn)?;
         let qos = match options.qos {
             Some(q) => q,
             None => match_publishers(&self.publishers_info(topic).await.unwrap_or_default(), options.depth),
@@ -181,12 +178,26 @@ impl DynNode {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+        let handle = self.subscribe_raw_with(topic, type_name, qos.clone(), callback).await?;
+        let ty = handle.ty.clone();
+        Ok(RawSubscription { topic: topic.to_string(), ty, qos, rx, dropped, guard: handle.guard })
+    }
+
+    /// Subscribe to raw CDR with a callback of one's own, run in the spin thread for each message
+    /// (it must not block; returning `false` ends the subscription). For consumers that fan many
+    /// topics into one queue of their own (the bag recorder). Dropping the handle destroys the
+    /// subscription.
+    pub async fn subscribe_raw_with(
+        &self, topic: &str, type_name: &str, qos: QosProfile, callback: Box<dyn FnMut(SerializedMessage) -> bool + Send>,
+    ) -> Result<RawCallbackSubscription, DynError> {
+        let tn = TypeName::parse(type_name)?;
+        let ty = self.inner.registry.message(type_name)?;
+        let ts = typesupport::message(&self.inner.registry, &tn)?;
         let topic_c = topic.to_string();
-        let qos_c = qos.clone();
         let id = self
-            .with_node(move |node| unsafe { node.subscribe_serialized(&topic_c, &ts, qos_c, callback) })
+            .with_node(move |node| unsafe { node.subscribe_serialized(&topic_c, &ts, qos, callback) })
             .await??;
-        Ok(RawSubscription { topic: topic.to_string(), ty, qos, rx, dropped, guard: SubscriptionGuard { node: self.weak(), id } })
+        Ok(RawCallbackSubscription { ty, guard: SubscriptionGuard { node: self.weak(), id } })
     }
 
     /// Subscribe and decode each message (in the receiving task).
@@ -492,6 +503,22 @@ impl Drop for SubscriptionGuard {
         DynNode::post(&self.node, move |node| {
             node.destroy_subscription(id);
         });
+    }
+}
+
+/// A subscription made with [`DynNode::subscribe_raw_with`] (destroyed when dropped).
+pub struct RawCallbackSubscription {
+    ty: Arc<MessageType>,
+    guard: SubscriptionGuard,
+}
+
+impl RawCallbackSubscription {
+    pub fn message_type(&self) -> &Arc<MessageType> {
+        &self.ty
+    }
+
+    pub fn id(&self) -> r2r::SubscriptionId {
+        self.guard.id
     }
 }
 

@@ -6,3 +6,4 @@ pub mod stt;
 pub mod worker;
 pub mod reachy_driver;
 pub mod rosa_web;
+pub mod bag;
