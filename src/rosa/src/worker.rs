@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn system_prompt_has_rules_robots_and_task() {
-        let r = Robot { name: "bot".into(), url: "http://x".into(), description: "A bot.".into(), prompt_file: None, prompt: "Move slowly.".into() };
+        let r = Robot { name: "bot".into(), url: "http://x".into(), description: "A bot.".into(), prompt_file: None, prompt: "Move slowly.".into(), ros: None };
         let s = compose_system_prompt("Rules.", &[&r], "Wave.");
         assert!(s.starts_with("Rules."));
         assert!(s.contains("## Robot `bot`\nA bot.\nMove slowly."));

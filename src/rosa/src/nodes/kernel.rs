@@ -10,7 +10,7 @@ use crate::robots::{self, Registry, Robot};
 use crate::ros::{self, Spinner};
 use futures::StreamExt;
 use r2r::rosa_interfaces::action::LaunchProcess;
-use r2r::rosa_interfaces::msg::{KernelEvent, Transcript, Update, WorkerCallback};
+use r2r::rosa_interfaces::msg::{KernelEvent, RobotEvent, Transcript, Update, WorkerCallback};
 use r2r::rosa_interfaces::srv::{Chat, ListProcesses, TerminateProcess};
 use r2r::{ActionClient, Client, Node, Publisher, QosProfile};
 use serde::{Deserialize, Serialize};
@@ -292,6 +292,28 @@ fn accept_user_text(updates: &Publisher<Update>, what: &str, text: String) -> Op
     }
 }
 
+/// The kernel's trigger tools, forwarded to the mcp_bridge's endpoint of the robot (one short MCP
+/// session per call).
+struct McpTriggers {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl crate::kernel::RobotTriggers for McpTriggers {
+    async fn call(&self, robot: &crate::robots::Robot, tool: &str, args: serde_json::Map<String, serde_json::Value>) -> crate::agent::ToolOutput {
+        let servers = [(robot.name.clone(), robot.url.clone())];
+        match crate::mcp_tools::McpToolBox::connect(&servers, &[], self.timeout, &self.http).await {
+            Ok(tb) => {
+                let out = crate::agent::ToolBox::call(&tb, tool, args).await;
+                tb.close().await;
+                out
+            }
+            Err(e) => crate::agent::ToolOutput::error(format!("{e} (is the mcp_bridge running?)")),
+        }
+    }
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
@@ -313,6 +335,7 @@ pub async fn run() -> anyhow::Result<()> {
     let commands = node.subscribe::<r2r::std_msgs::msg::String>("/rosa/command", ros::reliable(100))?;
     let transcripts = node.subscribe::<Transcript>("/rosa/stt/transcript", ros::reliable(100))?;
     let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::reliable(100))?;
+    let robot_events = node.subscribe::<RobotEvent>("/rosa/robot_events", ros::reliable(100))?;
     let mut chats = node.create_service::<Chat::Service>("/rosa/chat", QosProfile::services_default())?;
     let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
     let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(50))?;
@@ -370,6 +393,7 @@ pub async fn run() -> anyhow::Result<()> {
     forward(commands.filter_map(move |m| futures::future::ready(accept_user_text(&u1, "command", m.data))).map(|t| Event::command(&t)).boxed());
     forward(transcripts.filter_map(move |m| futures::future::ready(accept_user_text(&u2, "transcript", m.text))).map(|t| Event::transcript(&t)).boxed());
     forward(callbacks.map(|m| Event::worker_callback(&m.worker_id, &m.message, m.done)).boxed());
+    forward(robot_events.map(|m| Event::robot_event(&m.robot, &m.topic, &m.trigger_id, &m.message, &m.sample)).boxed());
     {
         let queue = queue.clone();
         let updates = updates.clone();
@@ -400,7 +424,11 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
 
-    let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
+    let triggers: Arc<dyn crate::kernel::RobotTriggers> = Arc::new(McpTriggers {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        timeout: Duration::from_secs(15),
+    });
+    let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx, triggers: Some(triggers) };
     let agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), params.max_steps);
     let kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
     let out: Arc<dyn KernelOutput> = Arc::new(RosOutput { events: events.into(), updates: updates.into() });
