@@ -485,6 +485,36 @@ mod tests {
         assert!(serde_yaml::from_str::<RosSection>("namespce: /r1").is_err());
     }
 
+    fn twist(x: f64, z: f64) -> MessageValue {
+        let dir = std::env::temp_dir().join(format!("rosa-scope-{}-{x}-{z}", std::process::id()));
+        for (rel, text) in [("share/geometry_msgs/msg/Vector3.msg", "float64 x\nfloat64 y\nfloat64 z\n"), ("share/geometry_msgs/msg/Twist.msg", "Vector3 linear\nVector3 angular\n")] {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let reg = crate::dynmsg::Registry::with_prefixes(vec![dir]);
+        let ty = reg.message("geometry_msgs/msg/Twist").unwrap();
+        crate::dynmsg::json::from_json(&ty, &serde_json::json!({"linear": {"x": x}, "angular": {"z": z}})).unwrap()
+    }
+
+    #[test]
+    fn value_limits_clamp_or_refuse() {
+        let s = scope("namespace: /r1\nlimits:\n  - {name: cmd_vel, field: linear.x, min: -0.5, max: 0.5}\n  - {name: cmd_vel, field: angular.z, max: 1.0, mode: refuse}\n  - {name: cmd_vel, field: no.such, max: 1}\n");
+        let mut m = twist(3.0, 0.5);
+        let notes = s.apply_limits("/r1/cmd_vel", &mut m).unwrap();
+        assert_eq!(notes, vec!["linear.x 3 limited to 0.5 (limit [-0.5, 0.5])".to_string()]);
+        assert_eq!(Value::Message(m.clone()).path("linear.x").and_then(Value::as_f64), Some(0.5));
+        let mut m = twist(-9.0, 0.0);
+        s.apply_limits("/r1/cmd_vel", &mut m).unwrap();
+        assert_eq!(Value::Message(m).path("linear.x").and_then(Value::as_f64), Some(-0.5));
+        let e = s.apply_limits("/r1/cmd_vel", &mut twist(0.1, 2.0)).unwrap_err().to_string();
+        assert!(e.contains("angular.z = 2 is outside its limit [-inf, 1]: refused"), "{e}");
+        assert!(s.apply_limits("/r1/cmd_vel", &mut twist(f64::NAN, 0.0)).unwrap_err().to_string().contains("NaN"));
+        // Other names are not limited.
+        let mut m = twist(3.0, 5.0);
+        assert!(s.apply_limits("/r1/other", &mut m).unwrap().is_empty());
+    }
+
     #[test]
     fn approval_and_stop_resolve() {
         let s = scope("namespace: /r1\napproval: [arm/*]\nstop: [{topic: cmd_vel, type: geometry_msgs/msg/Twist}]");

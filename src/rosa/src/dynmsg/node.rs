@@ -416,6 +416,12 @@ struct PublisherGuard {
     publisher: r2r::PublisherUntyped,
 }
 
+// SAFETY: through a shared reference the guard only publishes (`rcl_publish`, documented by rcl
+// as thread-safe for one publisher; Fast DDS writers are) and reads the matched-subscriber count;
+// the publisher is created and destroyed in the spin thread only. So a `DynPublisher` may be
+// shared by tasks on several threads (it is `Send + Sync`, as its doc says: "from any thread").
+unsafe impl Sync for PublisherGuard {}
+
 impl Drop for PublisherGuard {
     fn drop(&mut self) {
         let p = self.publisher.clone();

@@ -134,11 +134,12 @@ pub struct Bridge {
     caps: Caps,
     publishers: tokio::sync::Mutex<HashMap<(String, String), DynPublisher>>,
     actions: tokio::sync::Mutex<HashMap<(String, String), DynActionClient>>,
-    audit_pub: r2r::Publisher<AuditEntry>,
+    // r2r publishers are Send, not Sync: each behind a mutex.
+    audit_pub: Mutex<r2r::Publisher<AuditEntry>>,
     audit_file: Option<Mutex<std::fs::File>>,
-    approval_pub: r2r::Publisher<ApprovalRequest>,
+    approval_pub: Mutex<r2r::Publisher<ApprovalRequest>>,
     pending: Mutex<HashMap<String, oneshot::Sender<(bool, String)>>>,
-    events_pub: r2r::Publisher<RobotEvent>,
+    events_pub: Mutex<r2r::Publisher<RobotEvent>>,
     triggers: Mutex<HashMap<String, TriggerInfo>>,
     counter: AtomicU64,
     rt: tokio::runtime::Handle,
@@ -192,7 +193,7 @@ impl Bridge {
             ok,
             outcome: text(&outcome),
         };
-        if let Err(e) = self.audit_pub.publish(&entry) {
+        if let Err(e) = self.audit_pub.lock().unwrap_or_else(|e| e.into_inner()).publish(&entry) {
             tracing::warn!("cannot publish /rosa/bridge/audit: {e}");
         }
         if let Some(f) = &self.audit_file {
@@ -223,7 +224,7 @@ impl Bridge {
             state: ApprovalRequest::PENDING as u8,
             stamp: now_stamp(),
         };
-        if let Err(e) = self.approval_pub.publish(&req) {
+        if let Err(e) = self.approval_pub.lock().unwrap_or_else(|e| e.into_inner()).publish(&req) {
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(format!("cannot ask for approval: {e}"));
         }
@@ -232,19 +233,19 @@ impl Bridge {
         let decision = tokio::time::timeout(timeout, rx).await;
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let (state, result) = match decision {
-            Ok(Ok((true, _))) => (ApprovalRequest::APPROVED, Ok(())),
+            Ok(Ok((true, _))) => (ApprovalRequest::APPROVED as u8, Ok(())),
             Ok(Ok((false, reason))) => (
-                ApprovalRequest::DENIED,
+                ApprovalRequest::DENIED as u8,
                 Err(format!("a human denied this {tool} on {name} (approval {id}){}", if reason.is_empty() { String::new() } else { format!(": {reason}") })),
             ),
             _ => (
-                ApprovalRequest::TIMED_OUT,
+                ApprovalRequest::TIMED_OUT as u8,
                 Err(format!("no approval for this {tool} on {name} within {:.0} s (approval {id}): denied", timeout.as_secs_f64())),
             ),
         };
-        req.state = state as u8;
+        req.state = state;
         req.stamp = now_stamp();
-        let _ = self.approval_pub.publish(&req);
+        let _ = self.approval_pub.lock().unwrap_or_else(|e| e.into_inner()).publish(&req);
         result
     }
 
@@ -1187,7 +1188,6 @@ impl RobotTools {
         self.session.goals.lock().unwrap_or_else(|e| e.into_inner()).insert(g.id_string(), rec.clone());
         let r = rec.clone();
         tokio::spawn(async move {
-            let mut result = g.result;
             loop {
                 tokio::select! {
                     f = g.feedback.recv() => match f {
@@ -1204,7 +1204,7 @@ impl RobotTools {
                             r.status.send_replace(*g.status.borrow_and_update());
                         }
                     }
-                    res = &mut result => {
+                    res = &mut g.result => {
                         let done = match res {
                             Ok(Ok(gr)) => (gr.status, djson::message_to_json(&gr.result)),
                             Ok(Err(e)) => (GoalStatus::Unknown, json!({"error": e.to_string()})),
@@ -1277,7 +1277,7 @@ impl RobotTools {
                         sample: text(&sample),
                         stamp: now_stamp(),
                     };
-                    if let Err(e) = b.events_pub.publish(&ev) {
+                    if let Err(e) = b.events_pub.lock().unwrap_or_else(|e| e.into_inner()).publish(&ev) {
                         tracing::warn!("cannot publish /rosa/robot_events: {e}");
                     }
                     tracing::info!(trigger = %id, robot = %robot, topic = %topic, "trigger fired");
@@ -1359,11 +1359,11 @@ pub async fn run() -> anyhow::Result<()> {
         p: p.clone(),
         publishers: Default::default(),
         actions: Default::default(),
-        audit_pub,
+        audit_pub: Mutex::new(audit_pub),
         audit_file,
-        approval_pub,
+        approval_pub: Mutex::new(approval_pub),
         pending: Mutex::default(),
-        events_pub,
+        events_pub: Mutex::new(events_pub),
         triggers: Mutex::default(),
         counter: AtomicU64::new(1),
         rt: tokio::runtime::Handle::current(),
