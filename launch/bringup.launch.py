@@ -40,10 +40,12 @@ ARGUMENTS = {
     "stt_model": ("", "stt: a ggml whisper model, absolute or in $ROSA_MODELS_DIR (empty: params_file's)"),
     "with_stt": ("true", "start the stt node"),
     "with_reachy": ("true", "start the reachy_driver node"),
+    "with_bridge": ("false", "start the mcp_bridge node (serves the robots_file's robots that have a ros: section)"),
 }
 
 # The nodes, in start order, and the launch argument that turns each off.
-NODES = [("process_manager", None), ("kernel", None), ("reachy_driver", "with_reachy"), ("stt", "with_stt")]
+NODES = [("process_manager", None), ("kernel", None), ("reachy_driver", "with_reachy"), ("stt", "with_stt"),
+         ("mcp_bridge", "with_bridge")]
 
 
 def default_params_file():
@@ -73,6 +75,7 @@ def launch_overrides(args, default_model="openai/gpt-oss-120b"):
     per_node = {
         "process_manager": {**llm, **robots},
         "kernel": {**llm, **robots},
+        "mcp_bridge": robots,
         "reachy_driver": {"daemon_url": args["daemon_url"]} if args.get("daemon_url") else {},
         "stt": {k: args[a] for k, a in (("audio_source", "audio_source"), ("model", "stt_model")) if args.get(a)},
     }

@@ -62,6 +62,10 @@ pub struct BridgeParams {
     /// Longest timeout or duration a caller may ask for, seconds.
     #[schemars(range(min = 1.0, max = 86400.0))]
     pub max_timeout_sec: f64,
+    /// A name given without a type is looked for on the graph this long (discovery of a robot
+    /// that just appeared), seconds.
+    #[schemars(range(min = 0.0, max = 60.0))]
+    pub graph_wait_sec: f64,
     /// A new publisher waits this long for the topic's subscribers before its first message.
     #[schemars(range(min = 0.0, max = 60.0))]
     pub publish_wait_sec: f64,
@@ -109,6 +113,7 @@ impl Default for BridgeParams {
             audit_file: String::new(),
             timeout_sec: 5.0,
             max_timeout_sec: 3600.0,
+            graph_wait_sec: 2.0,
             publish_wait_sec: 1.0,
             max_read_count: 100,
             max_rate_hz: 100.0,
@@ -288,7 +293,7 @@ impl Bridge {
         if let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) {
             return Ok(t.to_string());
         }
-        let deadline = Instant::now() + Duration::from_millis(500);
+        let deadline = Instant::now() + clamped_seconds(self.p.graph_wait_sec, 0.0, 60.0);
         loop {
             let g = self.dn.graph().await.map_err(|e| e.to_string())?;
             let types = match kind {
@@ -303,7 +308,7 @@ impl Bridge {
                 _ if Instant::now() >= deadline => {
                     return Err(format!("{} {name} is not on the graph (give `type` to use it anyway)", kind.name()))
                 }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => tokio::time::sleep(Duration::from_millis(25)).await,
             }
         }
     }
