@@ -208,8 +208,9 @@ def test_tools_are_annotated_and_discovery_is_quick(bridge, domain_id, peer):
             assert "/r1/reset [std_srvs/srv/Trigger]" in text
             err, text = call(c, "list_actions")
             assert "/r1/fibonacci [test_msgs/action/Fibonacci]" in text
-            err, text = call(c, "list_nodes")
-            assert "/r1/fixture" in text and "/rosa/mcp_bridge" not in text
+            # Node names come with their own discovery message, a moment after the topics.
+            text = wait_until(lambda: (t := call(c, "list_nodes")[1]) and "/r1/fixture" in t and t, 10, "the node listed")
+            assert "/rosa/mcp_bridge" not in text
             err, text = call(c, "describe_type", {"type": "nav_msgs/msg/Odometry"})
             assert not err and "MSG: geometry_msgs/PoseWithCovariance" in text
             err, text = call(c, "node_details", {"node": "fixture"})
