@@ -44,6 +44,8 @@ class RawMcp:
     """Streamable-HTTP MCP over one keep-alive connection (JSON-RPC POSTs, SSE or JSON replies)."""
 
     def __init__(self, port, path):
+        self.port = port
+        self.reconnects = 0
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.path = path
         self.sid = None
@@ -57,8 +59,16 @@ class RawMcp:
         if self.sid:
             h["Mcp-Session-Id"] = self.sid
             h["Mcp-Protocol-Version"] = "2025-06-18"
-        self.conn.request("POST", self.path, body=json.dumps(body), headers=h)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("POST", self.path, body=json.dumps(body), headers=h)
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed the keep-alive connection: open another (counted).
+            self.reconnects += 1
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn.request("POST", self.path, body=json.dumps(body), headers=h)
+            r = self.conn.getresponse()
         self.sid = r.getheader("Mcp-Session-Id") or self.sid
         data = r.read().decode()
         return r, data
@@ -187,6 +197,7 @@ def main():
             "call_service_round_trip": stats(srv),
             "call_service_excluding_client_p50_ms": round((pct(srv, 50) - f50) * 1000, 3),
             "read_topic_10hz": stats(read),
+            "http_reconnects": mcp.reconnects,
         }
 
         def load(seconds):
@@ -228,6 +239,7 @@ def main():
             "publish_round_trip_excluding_client_p50_ms": round((pct(rtt, 50) - f50) * 1000, 3),
             "call_service_round_trip": stats(srv),
             "call_service_excluding_client_p50_ms": round((pct(srv, 50) - f50) * 1000, 3),
+            "http_reconnects": rm.reconnects,
         }
         rm.close()
     finally:
