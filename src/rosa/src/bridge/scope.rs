@@ -509,7 +509,11 @@ mod tests {
         assert_eq!(Value::Message(m).path("linear.x").and_then(Value::as_f64), Some(-0.5));
         let e = s.apply_limits("/r1/cmd_vel", &mut twist(0.1, 2.0)).unwrap_err().to_string();
         assert!(e.contains("angular.z = 2 is outside its limit [-inf, 1]: refused"), "{e}");
-        assert!(s.apply_limits("/r1/cmd_vel", &mut twist(f64::NAN, 0.0)).unwrap_err().to_string().contains("NaN"));
+        // NaN (JSON has none: set it in the value) is refused.
+        let mut root = Value::Message(twist(0.0, 0.0));
+        assert!(root.path_mut("linear.x").is_some_and(|v| v.set_f64(f64::NAN)));
+        let Value::Message(mut m) = root else { unreachable!() };
+        assert!(s.apply_limits("/r1/cmd_vel", &mut m).unwrap_err().to_string().contains("NaN"));
         // Other names are not limited.
         let mut m = twist(3.0, 5.0);
         assert!(s.apply_limits("/r1/other", &mut m).unwrap().is_empty());
