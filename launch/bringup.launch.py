@@ -45,11 +45,13 @@ ARGUMENTS = {
     "with_web": ("true", "start rosa_web (the browser UI at http://127.0.0.1:8765/, rosbridge v2 and Foxglove WebSocket on :9090 and :8765)"),
     "record": ("false", "start the bag_recorder node: the session as a rosbag2 MCAP bag"),
     "record_dir": ("", "bag_recorder: the bag directory (empty: rosbag2_<date>-<time> in the current directory)"),
+    "with_bridge": ("false", "start the mcp_bridge node (serves the robots_file's robots that have a ros: section)"),
 }
 
 # The nodes, in start order, and the launch argument that turns each off.
 NODES = [("bag_recorder", "record"), ("llm_server", "with_llm_server"), ("process_manager", None), ("kernel", None),
-         ("reachy_driver", "with_reachy"), ("stt", "with_stt"), ("rosa_web", "with_web")]
+         ("reachy_driver", "with_reachy"), ("stt", "with_stt"), ("rosa_web", "with_web"),
+         ("mcp_bridge", "with_bridge")]
 
 
 def default_params_file():
@@ -79,6 +81,7 @@ def launch_overrides(args, default_model="openai/gpt-oss-120b"):
     per_node = {
         "process_manager": {**llm, **robots},
         "kernel": {**llm, **robots},
+        "mcp_bridge": robots,
         "reachy_driver": {"daemon_url": args["daemon_url"]} if args.get("daemon_url") else {},
         "stt": {k: args[a] for k, a in (("audio_source", "audio_source"), ("model", "stt_model")) if args.get(a)},
         "bag_recorder": {"output": args["record_dir"]} if args.get("record_dir") else {},

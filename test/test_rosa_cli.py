@@ -77,3 +77,33 @@ def test_say_without_a_kernel_fails_clearly(domain_id):
     r = subprocess.run([str(ROOT / "rosa"), "say", "hello"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "nobody subscribes to /rosa/command" in r.stderr
+
+
+def test_up_starts_the_bridge_for_ros_robots_and_keeps_a_sourced_overlay(tmp_path, domain_id, llm):
+    """`./rosa up --robots FILE` starts the mcp_bridge when FILE has a robot with a `ros:` section,
+    and the nodes it starts still see an overlay the user sourced before (a type only there)."""
+    from support.reachy import McpClient
+    overlay = tmp_path / "overlay"
+    (overlay / "share" / "my_robot_msgs" / "msg").mkdir(parents=True)
+    (overlay / "share" / "my_robot_msgs" / "msg" / "Status.msg").write_text("float32 charge\nstring mode\n")
+    robots = tmp_path / "robots.yaml"
+    robots.write_text("robots:\n  - name: turtle\n    description: a ROS robot\n    ros:\n      namespace: /r1\n")
+    log_dir = tmp_path / "logs"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROSA_TEST_MARK=str(log_dir), AMENT_PREFIX_PATH=f"{overlay}:{os.environ.get('AMENT_PREFIX_PATH', '')}")
+    shown = subprocess.run([str(ROOT / "rosa"), "env"], env=env, capture_output=True, text=True, timeout=30).stdout
+    assert f"export AMENT_PREFIX_PATH='{overlay}:" in shown, shown
+    up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", llm.url, "--llm-model", "scripted",
+                           "--robots", str(robots), "--log-dir", str(log_dir), "--no-sim", "--no-stt"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: "mcp_bridge ready" in read(log_dir / "mcp_bridge.log"), 30, "the bridge to start")
+        with McpClient("http://127.0.0.1:5002/turtle/mcp") as c:
+            err, text = c.call("describe_type", {"type": "my_robot_msgs/msg/Status"})
+            assert not err and "float32 charge" in text, text
+    finally:
+        stop_supervisor(up)
+        for name in ("kernel", "process_manager", "mcp_bridge"):
+            while (pid := node_pid(log_dir, name)) is not None:
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)

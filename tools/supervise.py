@@ -223,6 +223,22 @@ def llm_ready(url):
         return False
 
 
+def bridged_robots(path):
+    """The robots of a registry file with a `ros:` section (served by the mcp_bridge node)."""
+    try:
+        import yaml
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, ValueError, ImportError) as e:
+        print(f"rosa: cannot read the robots registry {path}: {e}")
+        return []
+    except Exception as e:  # noqa: BLE001 - a YAML error: the nodes report it too
+        print(f"rosa: the robots registry {path} is not valid YAML: {e}")
+        return []
+    robots = data.get("robots") if isinstance(data, dict) else None
+    return [r.get("name") for r in robots or [] if isinstance(r, dict) and r.get("ros") is not None]
+
+
 def daemon_running(url):
     try:
         with urllib.request.urlopen(url + "/api/daemon/status", timeout=1) as r:
@@ -264,6 +280,8 @@ def main():
     p.add_argument("--record", nargs="?", const="", default=None, metavar="DIR",
                    help="record the session into a rosbag2 MCAP bag DIR (default rosbag2_<date>-<time> here): "
                         "the bag_recorder node, started first; ./rosa bag info/play read it")
+    p.add_argument("--no-bridge", action="store_true",
+                   help="do not start the mcp_bridge even when the robots registry has robots with a `ros:` section")
     p.add_argument("--log-dir", default=None, help="where node logs go (default .rosa/log/<time>)")
     p.add_argument("--dds-network", action="store_true",
                    help="do not lock DDS to loopback (config/fastdds_loopback.xml): other machines can then "
@@ -320,6 +338,13 @@ def main():
         nodes.insert(0, "bag_recorder")
         if args.record:
             node_overrides["bag_recorder"] = ["-p", "output:=" + json.dumps(str(Path(args.record).resolve()))]
+    # The MCP bridge when the registry has ROS robots (a `ros:` section).
+    registry = Path(args.robots).resolve() if args.robots else Path(env["ROSA_CONFIG_DIR"]) / "robots.yaml"
+    bridged = [] if args.no_bridge else bridged_robots(registry)
+    if bridged:
+        nodes.append("mcp_bridge")
+        print(f"rosa: bridging ROS robots {', '.join(map(str, bridged))} through the mcp_bridge "
+              f"(http://127.0.0.1:5002/<robot>/mcp)")
     lock = threading.Lock()
     procs = []
     for i, name in enumerate(nodes):

@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let robots: Vec<Robot> = input
         .robots
         .iter()
-        .map(|r| Robot { name: r.name.clone(), url: String::new(), description: r.description.clone(), prompt_file: None, prompt: String::new() })
+        .map(|r| Robot { name: r.name.clone(), url: String::new(), description: r.description.clone(), prompt_file: None, prompt: String::new(), ros: None })
         .collect();
     let model = Arc::new(Timed { inner: OpenAiChat::new(&input.llm)?.with_client_id("kernel"), calls: Mutex::new(vec![]) });
     for ev in &input.events {

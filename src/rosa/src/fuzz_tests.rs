@@ -149,8 +149,9 @@ async fn fuzzed_commands_and_llm_replies_never_panic_nor_pass_a_nul() {
         description: String::new(),
         prompt_file: None,
         prompt: String::new(),
+        ros: None,
     }]);
-    let tools = KernelTools { processes: std::sync::Arc::new(Procs(Mutex::new(0))), robots };
+    let tools = KernelTools { processes: std::sync::Arc::new(Procs(Mutex::new(0))), robots, triggers: None };
     let mut kernel = Kernel::new(Agent::new(model, Memory::new("", 4000), crate::agent::AgentOptions::new(3)), tools, "robots: {robots}".into());
     let out = Out::default();
     let (mut refused, mut handled) = (0, 0);

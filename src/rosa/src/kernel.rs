@@ -21,6 +21,7 @@ pub enum Source {
     Transcript,
     WorkerCallback,
     Chat,
+    RobotEvent,
 }
 
 impl Source {
@@ -30,6 +31,7 @@ impl Source {
             Source::Transcript => "transcript",
             Source::WorkerCallback => "worker_callback",
             Source::Chat => "chat",
+            Source::RobotEvent => "robot_event",
         }
     }
 }
@@ -58,6 +60,17 @@ impl Event {
         Self::new(
             Source::WorkerCallback,
             format!("[Worker callback] {} (worker_id={worker_id}, done={done})", message.trim()),
+        )
+    }
+    /// A trigger of the mcp_bridge fired (`rosa_interfaces/msg/RobotEvent`).
+    pub fn robot_event(robot: &str, topic: &str, trigger_id: &str, message: &str, sample: &str) -> Self {
+        Self::new(
+            Source::RobotEvent,
+            format!(
+                "[Robot event] {} (robot={robot}, topic={topic}, trigger={trigger_id}): {}",
+                message.trim(),
+                crate::input::summary(sample.trim(), 2000)
+            ),
         )
     }
     pub fn chat(prompt: &str) -> (Self, oneshot::Receiver<Result<String, String>>) {
@@ -94,10 +107,23 @@ pub trait KernelOutput: Send + Sync {
     fn update(&self, role: &str, text: &str);
 }
 
-/// The kernel's three tools.
+/// Calls to a bridged robot's trigger tools (`watch_topic`, `list_triggers`, `remove_trigger`
+/// of the mcp_bridge), for the kernel's own trigger tools.
+#[async_trait::async_trait]
+pub trait RobotTriggers: Send + Sync {
+    async fn call(&self, robot: &Robot, tool: &str, args: Map<String, Value>) -> ToolOutput;
+}
+
+/// The kernel's tools: processes, and triggers on bridged (ROS) robots when there are any.
 pub struct KernelTools {
     pub processes: Arc<dyn ProcessControl>,
     pub robots: watch::Receiver<Vec<Robot>>,
+    pub triggers: Option<Arc<dyn RobotTriggers>>,
+}
+
+#[derive(Deserialize)]
+struct TriggerRobot {
+    robot: String,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +149,71 @@ fn parse<T: for<'de> Deserialize<'de>>(tool: &str, args: Map<String, Value>) -> 
 impl ToolBox for KernelTools {
     fn specs(&self) -> Vec<ToolSpec> {
         let names: Vec<String> = self.robots.borrow().iter().map(|r| r.name.clone()).collect();
+        let bridged: Vec<String> = self.robots.borrow().iter().filter(|r| r.ros.is_some()).map(|r| r.name.clone()).collect();
+        let mut specs = self.process_specs(names);
+        if self.triggers.is_some() && !bridged.is_empty() {
+            specs.extend(trigger_specs(bridged));
+        }
+        specs
+    }
+
+    async fn call(&self, name: &str, args: Map<String, Value>) -> ToolOutput {
+        match name {
+            "watch_topic" | "list_triggers" | "remove_trigger" => self.trigger_call(name, args).await,
+            _ => self.process_call(name, args).await,
+        }
+    }
+}
+
+/// The trigger tools (DESIGN.md: `watch_topic`; its events reach the LLM as `[Robot event] …`).
+fn trigger_specs(bridged: Vec<String>) -> Vec<ToolSpec> {
+    let robot = json!({"type": "string", "enum": bridged, "description": "The ROS robot (one with a ros: section in the registry)."});
+    vec![
+        ToolSpec {
+            name: "watch_topic".into(),
+            description: "Ask to be told when something happens on a ROS robot: when a message on `topic` satisfies `condition`, you get a [Robot event] with `message`. Rate limited; see list_triggers, remove_trigger.".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "robot": robot,
+                    "topic": {"type": "string", "description": "The topic, relative to the robot's namespace (e.g. battery) or absolute."},
+                    "condition": {"type": "string", "description": "An expression on the message's fields, e.g. `percentage < 0.2` or `status.level >= 2 && name == \"motor\"`; `any` fires on every message.", "default": "any"},
+                    "message": {"type": "string", "description": "What you want to be told when it fires."},
+                    "once": {"type": "boolean", "description": "Remove the trigger after it fired once.", "default": false}
+                },
+                "required": ["robot", "topic", "message"]
+            }),
+        },
+        ToolSpec {
+            name: "list_triggers".into(),
+            description: "List the triggers (from watch_topic) of a ROS robot.".into(),
+            parameters: json!({"type": "object", "properties": {"robot": robot}, "required": ["robot"]}),
+        },
+        ToolSpec {
+            name: "remove_trigger".into(),
+            description: "Remove a trigger (from watch_topic).".into(),
+            parameters: json!({"type": "object", "properties": {"robot": robot, "trigger_id": {"type": "string"}}, "required": ["robot", "trigger_id"]}),
+        },
+    ]
+}
+
+impl KernelTools {
+    async fn trigger_call(&self, name: &str, mut args: Map<String, Value>) -> ToolOutput {
+        let Some(t) = &self.triggers else { return ToolOutput::error(format!("unknown tool `{name}`")) };
+        let a: TriggerRobot = match parse(name, args.clone()) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        let robot = self.robots.borrow().iter().find(|r| r.name == a.robot).cloned();
+        let Some(robot) = robot.filter(|r| r.ros.is_some()) else {
+            let bridged: Vec<String> = self.robots.borrow().iter().filter(|r| r.ros.is_some()).map(|r| r.name.clone()).collect();
+            return ToolOutput::error(format!("`{}` is not a ROS robot of the registry; ROS robots: [{}]", a.robot, bridged.join(", ")));
+        };
+        args.remove("robot");
+        t.call(&robot, name, args).await
+    }
+
+    fn process_specs(&self, names: Vec<String>) -> Vec<ToolSpec> {
         vec![
             ToolSpec {
                 name: "launch_process".into(),
@@ -156,7 +247,7 @@ impl ToolBox for KernelTools {
         ]
     }
 
-    async fn call(&self, name: &str, args: Map<String, Value>) -> ToolOutput {
+    async fn process_call(&self, name: &str, args: Map<String, Value>) -> ToolOutput {
         match name {
             "launch_process" => {
                 let a: LaunchArgs = match parse(name, args) {
@@ -445,7 +536,7 @@ mod tests {
     }
 
     fn robot(name: &str) -> Robot {
-        Robot { name: name.into(), url: "http://127.0.0.1:1/mcp".into(), description: "a bot".into(), prompt_file: None, prompt: String::new() }
+        Robot { name: name.into(), url: "http://127.0.0.1:1/mcp".into(), description: "a bot".into(), prompt_file: None, prompt: String::new(), ros: None }
     }
 
     fn kernel(
@@ -454,7 +545,7 @@ mod tests {
         let model = ScriptedModel::new(replies);
         let procs = Arc::new(FakeProcesses::default());
         let (tx, rx) = watch::channel(vec![robot("bot")]);
-        let tools = KernelTools { processes: procs.clone(), robots: rx };
+        let tools = KernelTools { processes: procs.clone(), robots: rx, triggers: None };
         let agent = Agent::new(model.clone(), Memory::new("", 4000), agent_options(6, None));
         (Kernel::new(agent, tools, "You manage robots:\n{robots}".into()), procs, model, tx)
     }

@@ -3,6 +3,7 @@
 //! The logic lives in r2r-free modules (unit-tested without ROS); `nodes` wires it to ROS.
 pub mod agent;
 pub mod bag;
+pub mod bridge;
 pub mod config;
 pub mod data_dir;
 pub mod dynmsg;

@@ -9,6 +9,9 @@
 //!     prompt_file: prompts/reachy-mini.txt   # optional, relative to the registry file
 //! ```
 //! The seed's `drivers.json` is accepted too: `{"mcpServers": {"<name>": {"url": …, "description": …}}}`.
+//!
+//! A robot with a `ros:` section is another ROS robot served by the `mcp_bridge` node (see
+//! [`crate::bridge::scope`]); its url may be left out: it is then `http://127.0.0.1:5002/<name>/mcp`.
 
 use crate::config::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Robot {
     pub name: String,
+    /// The MCP endpoint (for a `ros:` robot: the bridge's, by default).
+    #[serde(default)]
     pub url: String,
     #[serde(default)]
     pub description: String,
@@ -27,6 +32,9 @@ pub struct Robot {
     /// The prompt file's text (loaded with the registry).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prompt: String,
+    /// A ROS robot bridged by the mcp_bridge: its namespace and safety rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ros: Option<crate::bridge::RosSection>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,12 +87,18 @@ impl Registry {
             let d: DriversJson = serde_json::from_str(text).map_err(|e| e.to_string())?;
             d.mcp_servers
                 .into_iter()
-                .map(|(name, e)| Robot { name, url: e.url, description: e.description, prompt_file: e.prompt_file, prompt: String::new() })
+                .map(|(name, e)| Robot { name, url: e.url, description: e.description, prompt_file: e.prompt_file, prompt: String::new(), ros: None })
                 .collect()
         } else {
             let y: YamlFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
             y.robots
         };
+        let mut robots = robots;
+        for r in &mut robots {
+            if r.url.trim().is_empty() && r.ros.is_some() {
+                r.url = crate::bridge::default_url(&r.name);
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for r in &robots {
             if r.name.trim().is_empty() {
@@ -102,6 +116,11 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<&Robot> {
         self.robots.iter().find(|r| r.name == name)
+    }
+
+    /// The robots the mcp_bridge serves (those with a `ros:` section).
+    pub fn bridged(&self) -> impl Iterator<Item = (&Robot, &crate::bridge::RosSection)> {
+        self.robots.iter().filter_map(|r| r.ros.as_ref().map(|s| (r, s)))
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -144,6 +163,17 @@ mod tests {
         assert_eq!(y.robots[0].name, "a");
         let j = Registry::parse(r#"{"mcpServers": {"reachy": {"url": "http://localhost:5001/mcp", "description": "R"}}}"#).unwrap();
         assert_eq!(j.get("reachy").unwrap().description, "R");
+    }
+
+    #[test]
+    fn ros_robots_get_the_bridge_url() {
+        let y = Registry::parse("robots:\n  - name: r1\n    description: A\n    ros:\n      namespace: /r1\n      deny: ['/r1/secret*']\n  - {name: b, url: 'http://x:1/mcp'}\n").unwrap();
+        assert_eq!(y.get("r1").unwrap().url, "http://127.0.0.1:5002/r1/mcp");
+        assert_eq!(y.get("r1").unwrap().ros.as_ref().unwrap().namespace, "/r1");
+        assert_eq!(y.bridged().count(), 1);
+        // A robot needs a url unless it is bridged.
+        assert!(Registry::parse("robots:\n  - {name: c}\n").unwrap_err().contains("not http"));
+        assert!(Registry::parse("robots:\n  - {name: c, ros: {namespce: /c}}\n").is_err());
     }
 
     #[test]

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn system_prompt_has_rules_and_robots_and_the_task_comes_first_in_the_user_message() {
-        let r = Robot { name: "bot".into(), url: "http://x".into(), description: "A bot.".into(), prompt_file: None, prompt: "Move slowly.".into() };
+        let r = Robot { name: "bot".into(), url: "http://x".into(), description: "A bot.".into(), prompt_file: None, prompt: "Move slowly.".into(), ros: None };
         let s = compose_system_prompt("Rules.", &[&r]);
         assert!(s.starts_with("Rules."));
         assert!(s.ends_with("## Robot `bot`\nA bot.\nMove slowly."));

@@ -11,7 +11,7 @@ use crate::robots::{self, Registry, Robot};
 use crate::ros::{self, Spinner};
 use futures::StreamExt;
 use r2r::rosa_interfaces::action::LaunchProcess;
-use r2r::rosa_interfaces::msg::{KernelEvent, Transcript, Update, WorkerCallback};
+use r2r::rosa_interfaces::msg::{KernelEvent, RobotEvent, Transcript, Update, WorkerCallback};
 use r2r::rosa_interfaces::srv::{Chat, ListProcesses, TerminateProcess};
 use r2r::{ActionClient, Client, Node, Publisher, QosProfile};
 use serde::{Deserialize, Serialize};
@@ -467,6 +467,28 @@ fn stamp_ns(t: &r2r::builtin_interfaces::msg::Time) -> i64 {
     i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
 }
 
+/// The kernel's trigger tools, forwarded to the mcp_bridge's endpoint of the robot (one short MCP
+/// session per call).
+struct McpTriggers {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl crate::kernel::RobotTriggers for McpTriggers {
+    async fn call(&self, robot: &crate::robots::Robot, tool: &str, args: serde_json::Map<String, serde_json::Value>) -> crate::agent::ToolOutput {
+        let servers = [(robot.name.clone(), robot.url.clone())];
+        match crate::mcp_tools::McpToolBox::connect(&servers, &[], self.timeout, &self.http).await {
+            Ok(tb) => {
+                let out = crate::agent::ToolBox::call(&tb, tool, args).await;
+                tb.close().await;
+                out
+            }
+            Err(e) => crate::agent::ToolOutput::error(format!("{e} (is the mcp_bridge running?)")),
+        }
+    }
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "kernel", "/rosa")?;
@@ -494,6 +516,8 @@ pub async fn run() -> anyhow::Result<()> {
     // process manager's history; those it had already accepted are dropped by key.
     let callbacks = node.subscribe::<WorkerCallback>("/rosa/worker_callback", ros::recent(CALLBACK_HISTORY))?;
     let chats = node.create_service::<Chat::Service>("/rosa/chat", ros::service_qos(depth))?;
+    // Robot events (the mcp_bridge's triggers) are queued like the others.
+    let robot_events = node.subscribe::<RobotEvent>("/rosa/robot_events", ros::reliable(depth))?;
     let events = node.create_publisher::<KernelEvent>("/rosa/events", ros::recent(100))?;
     let updates = node.create_publisher::<Update>("/rosa/updates", ros::recent(clamped_size(params.updates_history, 1, 10_000)))?;
     // Refusals have a writer of their own on /rosa/updates: a burst of commands is a burst of
@@ -581,6 +605,8 @@ pub async fn run() -> anyhow::Result<()> {
         futures::future::ready((!stale).then(|| Intake { event: Event::worker_callback(&m.worker_id, &m.message, m.done), key: Some(key), chat: None }))
     });
     forward(Box::pin(callbacks), queue.clone(), refusals.clone(), pacer.clone(), status.clone());
+    let robot_events = robot_events.map(|m| Intake { event: Event::robot_event(&m.robot, &m.topic, &m.trigger_id, &m.message, &m.sample), key: None, chat: None });
+    forward(Box::pin(robot_events), queue.clone(), refusals.clone(), pacer.clone(), status.clone());
     let (u3, p3) = (refusals.clone(), pacer.clone());
     let chats = chats.filter_map(move |req| {
         // An empty, blank or invalid UTF-8 prompt is refused at once (out loud), never queued.
@@ -600,7 +626,11 @@ pub async fn run() -> anyhow::Result<()> {
     });
     forward(Box::pin(chats), queue.clone(), refusals, pacer, status.clone());
 
-    let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx };
+    let triggers: Arc<dyn crate::kernel::RobotTriggers> = Arc::new(McpTriggers {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        timeout: Duration::from_secs(15),
+    });
+    let tools = KernelTools { processes: Arc::new(processes), robots: robots_rx, triggers: Some(triggers) };
     let options = crate::kernel::agent_options(params.max_steps, event_deadline(params.event_deadline_sec));
     let mut agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), options);
     agent.memory.restore(recovery.memory.clone());

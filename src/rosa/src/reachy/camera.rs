@@ -99,6 +99,34 @@ fn grab_v4l2(path: &str) -> Result<Frame, CameraError> {
     }
 }
 
+/// A raw frame scaled down (nearest neighbour) so that its longer side is at most `max_side`
+/// pixels; JPEG frames, smaller frames and frames that do not add up are returned as they are.
+pub fn downscale(frame: &Frame, max_side: u32) -> Frame {
+    let Frame::Raw { width, height, encoding, step, data } = frame else { return frame.clone() };
+    let bpp = match encoding.as_str() {
+        "rgb8" | "bgr8" => 3,
+        "rgba8" | "bgra8" => 4,
+        "mono8" => 1,
+        _ => return frame.clone(),
+    };
+    let (w, h, max_side) = (*width as usize, *height as usize, max_side.max(1) as usize);
+    let step = if *step == 0 { w * bpp } else { *step as usize };
+    if w.max(h) <= max_side || w == 0 || h == 0 || step < w * bpp || data.len() < step * (h - 1) + w * bpp {
+        return frame.clone();
+    }
+    let (nw, nh) = if w >= h { (max_side, (h * max_side / w).max(1)) } else { ((w * max_side / h).max(1), max_side) };
+    let mut out = Vec::with_capacity(nw * nh * bpp);
+    for y in 0..nh {
+        let sy = y * h / nh;
+        for x in 0..nw {
+            let sx = x * w / nw;
+            let i = sy * step + sx * bpp;
+            out.extend_from_slice(&data[i..i + bpp]);
+        }
+    }
+    Frame::Raw { width: nw as u32, height: nh as u32, encoding: encoding.clone(), step: (nw * bpp) as u32, data: out }
+}
+
 /// The frame as JPEG bytes.
 pub fn to_jpeg(frame: &Frame) -> Result<Vec<u8>, CameraError> {
     let (width, height, encoding, step, data) = match frame {
