@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     for ev in &input.events {
         let rec = Arc::new(Recorder { running: ev.history.clone(), actions: Mutex::new(vec![]) });
         let (_tx, rx) = tokio::sync::watch::channel(robots.clone());
-        let tools = KernelTools { processes: rec.clone(), robots: rx };
+        let tools = KernelTools { processes: rec.clone(), robots: rx, triggers: None };
         let mut memory = Memory::new("", 12_000);
         for (i, p) in ev.history.iter().enumerate() {
             let id = format!("call_h{i}");
