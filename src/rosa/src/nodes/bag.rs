@@ -664,7 +664,7 @@ mod tests {
 
     #[test]
     fn default_names_are_rosbag2_s() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_764_590_400 + 3661); // 2025-12-01 01:01:01 UTC
+        let t = UNIX_EPOCH + Duration::from_secs(1_764_547_200 + 3661); // 2025-12-01 01:01:01 UTC (midnight + 1 h 1 min 1 s)
         assert_eq!(default_bag_name(t), "rosbag2_2025_12_01-01_01_01");
         assert_eq!(default_bag_name(UNIX_EPOCH), "rosbag2_1970_01_01-00_00_00");
     }
