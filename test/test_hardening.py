@@ -22,24 +22,11 @@ from rosa_interfaces.srv import Chat, ListProcesses, TerminateProcess
 from std_msgs.msg import String
 
 from conftest import LATCHED, Graph, Peer, fresh_domain_id, wait_until
+from test_core import start_core  # the core graph and the peer's endpoints, as test_core starts them
 from support.reachy import McpClient, free_port
 from support.scripted_llm import Calls, Reply, ToolCall, default_handler, last_message, system_prompt, tool_results
 
 NUL_SIGN = "\u2400"
-
-
-def start_core(graph, peer, **pm_params):
-    graph.start("process_manager", **pm_params)
-    graph.start("kernel")
-    peer.listen("/rosa/worker_callback", WorkerCallback, publishers=1)
-    peer.listen("/rosa/updates", Update, publishers=2)
-    peer.listen("/rosa/events", KernelEvent, publishers=1)
-    peer.listen("/rosa/processes", ProcessTable, LATCHED, publishers=1)
-    peer.action_client(LaunchProcess, "/rosa/launch_process")
-    for srv_type, name in ((Chat, "/rosa/chat"), (ListProcesses, "/rosa/list_processes"),
-                           (TerminateProcess, "/rosa/terminate_process")):
-        peer.client(srv_type, name)
-    peer.publisher("/rosa/command", String)
 
 
 def no_panic(graph, *names):

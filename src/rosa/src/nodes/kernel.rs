@@ -54,7 +54,9 @@ pub struct KernelParams {
     #[schemars(range(min = 10, max = 100000))]
     pub intake_depth: u64,
     /// History of the kernel's /rosa/updates (its answers and notices): what a transient-local late
-    /// joiner gets. Refusals have a writer of their own, as deep as `intake_depth`.
+    /// joiner gets, and what a reliable reader that falls behind in a burst can still be resent (DDS
+    /// repairs a lost sample only from the writer's history: at 100, one answer of a 5,000-command
+    /// burst was lost on a loaded machine). Refusals have a writer of their own, as deep as `intake_depth`.
     #[schemars(range(min = 1, max = 10000))]
     pub updates_history: u64,
     /// One event (every LLM call, retry and tool call for it) gets this long at most, seconds;
@@ -137,7 +139,7 @@ impl Default for KernelParams {
             journal_dir: String::new(),
             journal_sync: true,
             intake_depth: 5000,
-            updates_history: 100,
+            updates_history: 1000,
             event_deadline_sec: 120.0,
         }
     }
