@@ -352,8 +352,9 @@ def test_a_bag_written_by_rosbags_is_described_and_played(peer, domain_id, tmp_p
 
 
 def worker_tasks(llm, after=0):
-    """The tasks the workers were given (from their system prompts), each once, in order."""
-    tasks = [r["body"]["messages"][0]["content"].rsplit("Task:", 1)[-1].strip() for r in llm.requests_by("worker")[after:]]
+    """The tasks the workers were given (their first user message, "## Your task"), each once, in order."""
+    tasks = [r["body"]["messages"][1]["content"].rsplit("\n\n", 1)[0] for r in llm.requests_by("worker")[after:]]
+    assert all(t.startswith("## Your task\n") for t in tasks), tasks
     return list(dict.fromkeys(tasks))
 
 
