@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from rosa_interfaces.msg import AudioData, KernelEvent, ProcessTable, Transcript, Update, WorkerCallback
@@ -229,7 +230,10 @@ def test_sigterm_finishes_the_bag_and_sigkill_is_repaired(graph, peer, tmp_path)
         time.sleep(0.3)
         for i in range(500):
             pub.publish(String(data=f"{sig.name} {i}"))
-        time.sleep(1.0)  # past a few flush periods
+        # Every message in the recorder's hands (a sample lost in transport under load is resent
+        # only at the writer's next heartbeat), then past a few flush periods.
+        assert pub.wait_for_all_acked(Duration(seconds=15)), "the recorder did not acknowledge all 500 messages"
+        time.sleep(1.0)
         took = stop(rec, sig)
         if sig == signal.SIGTERM:
             assert rec.returncode == 0 and took < 2.0, (rec.returncode, took)
