@@ -165,7 +165,10 @@ def choose_llm(args, params):
     local = (["-p", f"llm.urls:=['{local_url}']", "-p", f"llm.models:=['{local_model}']", "-p", "llm.key_envs:=['']",
               "-p", f"llm.timeout_sec:={slow}", "-p", f"event_deadline_sec:={slow}",
               # and a worker's whole run (process_manager's default timeout_sec)
-              "-p", f"timeout_sec:={max(slow, 300.0) * 1.5}"])
+              "-p", f"timeout_sec:={max(slow, 300.0) * 1.5}",
+              # A 1.5B model given a task and tools on `auto` often answers in text without acting
+              # (measured: "look to your left" -> "I cannot go on."): its first step must call a tool.
+              "-p", "worker_act_first:=true"])
     if args.llm_url:
         return [], False, srv_overrides, [f"rosa: LLM: {args.llm_url} (--llm-url; the embedded model is not started)"]
     if args.llm == "local":

@@ -75,6 +75,9 @@ pub struct AgentOptions {
     pub max_steps: u32,
     /// `tool_choice` of the steps that offer tools.
     pub tool_choice: ToolChoice,
+    /// The first step must call a tool (`required`), whatever `tool_choice` says for the others:
+    /// a worker acts before it reports (a small local model otherwise tends to answer at once).
+    pub act_first: bool,
     /// Added (as a system note, not kept in memory) to the request that follows tool results.
     pub after_tool_nudge: Option<String>,
     /// A call identical to an earlier one of the same turn is not run again; the model is asked for
@@ -94,6 +97,7 @@ impl AgentOptions {
         Self {
             max_steps: max_steps.max(1),
             tool_choice: ToolChoice::Auto,
+            act_first: false,
             after_tool_nudge: None,
             loop_guard: false,
             report_on_last_step: false,
@@ -333,7 +337,11 @@ impl<M: ChatModel + ?Sized> Agent<M> {
             let request = ChatRequest {
                 messages: &messages,
                 tools: if must_report.is_some() { &[] } else { &specs },
-                tool_choice: if must_report.is_some() { ToolChoice::None } else { opts.tool_choice },
+                tool_choice: match must_report {
+                    Some(_) => ToolChoice::None,
+                    None if step == 1 && opts.act_first && !specs.is_empty() => ToolChoice::Required,
+                    None => opts.tool_choice,
+                },
                 deadline,
             };
             let completion = match self.model.complete(request).await {
@@ -564,6 +572,18 @@ mod tests {
         assert!(last.iter().any(|m| matches!(m, Message::Tool { content, .. } if content.contains("already made"))));
         // The note asking for the report is not kept in memory.
         assert!(!agent.memory.messages().iter().any(|m| matches!(m, Message::System(s) if s.contains("Stop calling tools"))));
+    }
+
+    #[tokio::test]
+    async fn act_first_requires_a_call_at_the_first_step_only() {
+        let model = ScriptedModel::new(vec![call("echo", r#"{"n":1}"#), text("Echoed once.")]);
+        let mut opts = AgentOptions::new(5);
+        opts.act_first = true;
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), opts);
+        let out = agent.run_turn("go".into(), &echo(), &mut |_| {}).await.unwrap();
+        assert_eq!(out.text, "Echoed once.");
+        let reqs = model.requests.lock().unwrap().clone();
+        assert_eq!(reqs, vec![(1, ToolChoice::Required), (1, ToolChoice::Auto)]);
     }
 
     #[tokio::test]

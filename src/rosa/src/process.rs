@@ -26,6 +26,9 @@ pub struct WorkerSpec {
     /// `tool_choice` of the worker's steps (`auto`, or `required`: one call per step).
     #[serde(default)]
     pub tool_choice: crate::llm::ToolChoice,
+    /// The first step must call a tool (see [`crate::agent::AgentOptions::act_first`]).
+    #[serde(default)]
+    pub act_first: bool,
     /// (robot name, MCP URL)
     pub robots: Vec<(String, String)>,
     pub max_steps: u32,
@@ -479,6 +482,7 @@ mod tests {
             system_prompt: "s".into(),
             task: "t".into(),
             tool_choice: Default::default(),
+            act_first: false,
             robots: vec![],
             max_steps: 1,
             tool_timeout_sec: 1.0,

@@ -40,6 +40,7 @@ pub fn first_message(task: &str) -> String {
 pub fn agent_options(spec: &WorkerSpec) -> AgentOptions {
     let mut o = AgentOptions::new(spec.max_steps);
     o.tool_choice = spec.tool_choice;
+    o.act_first = spec.act_first;
     o.loop_guard = true;
     o.report_on_last_step = true;
     o.report_request = "Stop calling tools now. Answer with your short report for the user: what you did and what the outcome was (or why you could not finish).".into();

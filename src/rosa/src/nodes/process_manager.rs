@@ -57,6 +57,10 @@ pub struct ProcessManagerParams {
     /// `tool_choice` of each worker step: `auto` (the model may answer in text at any step) or
     /// `required` (one call per step; the loop guard and the last step ask for the report).
     pub worker_tool_choice: crate::llm::ToolChoice,
+    /// A worker's first step must call a tool (`required`), later steps follow
+    /// `worker_tool_choice`: `./rosa up` sets it for the embedded model, which otherwise tends to
+    /// answer the task in text without doing it.
+    pub worker_act_first: bool,
     /// The largest timeout_sec a goal may ask for, seconds (larger, negative, NaN and inf are rejected).
     #[schemars(range(min = 1.0, max = 31536000.0))]
     pub max_timeout_sec: f64,
@@ -81,7 +85,7 @@ impl crate::params::NodeParams for ProcessManagerParams {
     // Every goal reads these when it starts; the registry, the worker rules and the executable are
     // loaded once.
     const DYNAMIC: &'static [&'static str] =
-        &["llm.", "max_processes", "timeout_sec", "max_steps", "grace_sec", "keep_ended", "tool_timeout_sec", "warm_workers", "max_timeout_sec", "mcp_token_robots", "worker_tool_choice", "exit_grace_sec"];
+        &["llm.", "max_processes", "timeout_sec", "max_steps", "grace_sec", "keep_ended", "tool_timeout_sec", "warm_workers", "max_timeout_sec", "mcp_token_robots", "worker_tool_choice", "worker_act_first", "exit_grace_sec"];
 }
 
 impl Default for ProcessManagerParams {
@@ -99,6 +103,7 @@ impl Default for ProcessManagerParams {
             worker_executable: String::new(),
             warm_workers: 2,
             worker_tool_choice: crate::llm::ToolChoice::Auto,
+            worker_act_first: false,
             max_timeout_sec: 86_400.0,
             mcp_token_file: String::new(),
             mcp_token_robots: vec![],
@@ -367,6 +372,7 @@ impl Ctx {
             system_prompt: compose_system_prompt(&self.rules, &robots),
             task: goal.system_prompt.clone(),
             tool_choice: p.worker_tool_choice,
+            act_first: p.worker_act_first,
             robots: robots.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
             max_steps: if goal.max_steps > 0 { goal.max_steps } else { p.max_steps },
             tool_timeout_sec: clamped_seconds(p.tool_timeout_sec, 0.1, 86_400.0).as_secs_f64(),
