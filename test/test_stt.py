@@ -302,7 +302,7 @@ def test_hello_look_to_the_left_reaches_a_robot_tool(graph, peer, llm, robot, tm
     ev = peer.wait_for_msg("/rosa/events", lambda m: m.source == "transcript")
     assert ev.text == f"[User said] {t.text}"
     worker = llm.requests_by("worker")[0]["body"]
-    assert worker["messages"][0]["content"].rstrip().endswith(f"Task: {t.text}")
+    assert worker["messages"][1]["content"].startswith(f"## Your task\nTask: {t.text}\n")
     peer.wait_for_msg("/rosa/updates", lambda m: m.role == "kernel" and m.text.startswith("Worker finished"), timeout=30)
 
 

@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long a client's new publisher waits for the subscribers the graph already has (once per topic).
+const MATCH_WAIT: Duration = Duration::from_secs(5);
+
 /// The browser UI: one page, no external assets.
 const INDEX_HTML: &str = include_str!("../web/ui/index.html");
 
@@ -609,11 +612,12 @@ impl Rb {
     }
 
     /// A new publisher's first messages would be lost before discovery matches the subscribers
-    /// the graph already has: wait (up to 1 s) for them.
+    /// the graph already has: wait for them, up to [`MATCH_WAIT`] (1 s was not enough on a loaded
+    /// machine: a roslibjs client's first command never reached the kernel).
     async fn wait_for_known_subscribers(&self, p: &DynPublisher) {
         let known = self.server.dn.subscriptions_info(p.topic()).await.map(|s| s.len()).unwrap_or(0);
         if known > 0 {
-            let deadline = Instant::now() + Duration::from_secs(1);
+            let deadline = Instant::now() + MATCH_WAIT;
             while Instant::now() < deadline && p.subscription_count().unwrap_or(0) < known {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
