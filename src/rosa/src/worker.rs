@@ -111,6 +111,7 @@ mod tests {
             system_prompt: "sys".into(),
             task: "Wave.".into(),
             tool_choice: crate::llm::ToolChoice::Auto,
+            act_first: false,
             robots: vec![],
             max_steps,
             tool_timeout_sec: 1.0,
