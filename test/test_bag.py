@@ -24,6 +24,7 @@ from rosa_interfaces.msg import AudioData, KernelEvent, ProcessTable, Transcript
 from std_msgs.msg import String
 
 from conftest import LATCHED, RECENT, RELIABLE, Graph, Peer, fresh_domain_id, node_binary, wait_until
+from support.scripted_llm import worker_task
 
 rosbags_highlevel = pytest.importorskip("rosbags.highlevel", reason="rosbags (installed by ./rosa setup)")
 from mcap.reader import make_reader  # noqa: E402
@@ -356,9 +357,9 @@ def test_a_bag_written_by_rosbags_is_described_and_played(peer, domain_id, tmp_p
 
 
 def worker_tasks(llm, after=0):
-    """The tasks the workers were given (their first user message, "## Your task"), each once, in order."""
-    tasks = [r["body"]["messages"][1]["content"].rsplit("\n\n", 1)[0] for r in llm.requests_by("worker")[after:]]
-    assert all(t.startswith("## Your task\n") for t in tasks), tasks
+    """The tasks the workers were given (their first user message), each once, in order."""
+    tasks = [worker_task(r["body"]) for r in llm.requests_by("worker")[after:]]
+    assert all(tasks), tasks
     return list(dict.fromkeys(tasks))
 
 

@@ -35,7 +35,7 @@ from rosa_interfaces.action import LaunchProcess  # noqa: E402
 from rosa_interfaces.msg import KernelEvent, WorkerCallback  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from support.mcp_recorder import McpRecorder  # noqa: E402
-from support.scripted_llm import Calls, Reply, ScriptedLLM, default_handler, last_message, system_prompt  # noqa: E402
+from support.scripted_llm import Calls, Reply, ScriptedLLM, default_handler, last_message, worker_task  # noqa: E402
 
 # A worker exits without closing its MCP session's SSE stream: the server logs a harmless traceback.
 logging.getLogger("mcp.server.streamable_http").setLevel(logging.CRITICAL)
@@ -70,7 +70,7 @@ class Marks:
         if isinstance(result, Calls) and result.calls[0].name == "launch_process":
             self.launch[result.calls[0].arguments["system_prompt"]] = t  # kernel: "Task: bench <i>"
         elif isinstance(result, Calls):
-            self.wave[system_prompt(req).rsplit("\n", 1)[-1]] = t  # worker: prompt ends with the task
+            self.wave[worker_task(req)] = t  # worker: "Task: bench <i>"
         elif last.get("role") == "tool" and text.startswith("launched worker_id="):
             # The kernel got launch_process's result: map its worker id to the task it was given.
             call = next(m for m in reversed(req["messages"]) if m.get("tool_calls"))
@@ -152,7 +152,7 @@ class Bench:
             reqs(), lambda r: r["role"] == "kernel" and last_message(r["body"]).get("content") == f"[User typed] {text}"))
         t_launch = step("the launch_process tool call", lambda: self.marks.launch.get(task))
         w_req = step("the worker's first LLM request", lambda: first(
-            reqs(), lambda r: r["role"] == "worker" and system_prompt(r["body"]).endswith(task)))
+            reqs(), lambda r: r["role"] == "worker" and worker_task(r["body"]) == task))
         t_wave = step("the worker's `wave` tool call (LLM answer)", lambda: self.marks.wave.get(task))
         call = step("the MCP call of `wave` at the robot", lambda: first(self.robot.snapshot(), lambda c: c["t"] >= t_wave))
         wid = step("the launch_process result at the kernel", lambda: self.marks.worker_of.get(task))

@@ -143,6 +143,16 @@ def system_prompt(req: dict) -> str:
     return ""
 
 
+def worker_task(req: dict) -> str:
+    """A worker's task: its first user message is "## Your task\n<task>\n\n<start message>" (the
+    system prompt is the same for every task on the same robots, so its prefix stays cached)."""
+    for m in req.get("messages") or []:
+        if m.get("role") == "user":
+            text = _text(m.get("content"))
+            return text.removeprefix("## Your task\n").rsplit("\n\n", 1)[0] if text.startswith("## Your task\n") else ""
+    return ""
+
+
 def _role_of(req: dict) -> str:
     return "kernel" if "launch_process" in tool_names(req) else "worker"
 
