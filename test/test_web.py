@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -500,8 +502,10 @@ def test_ui_offline_chat_updates_processes_escaping_and_reconnect(graph, peer, l
     pub = peer.node.create_publisher(Update, "/rosa/updates", RECENT)
     wait_until(lambda: peer.node.count_subscribers("/rosa/command") >= 1, 15, "the kernel")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="rosa-ui-")
     p = subprocess.Popen(["node", str(HERE / "web" / "ui_check.mjs"), base, str(ARTEFACTS)], cwd=HERE, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                         env=dict(os.environ, ROSA_UI_PROFILE=profile))
     steps = {}
 
     def expect(step, timeout=30):
@@ -545,6 +549,17 @@ def test_ui_offline_chat_updates_processes_escaping_and_reconnect(graph, peer, l
         assert r["consoleErrors"] == [], r
         assert r["externalRequests"] == [], r
     finally:
-        if p.poll() is None:
+        # ui_check closes its browser when it is done; killed before that, it would leave Chromium
+        # (puppeteer starts it in a process group of its own) running: stop what uses the profile.
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
             p.kill()
-        p.wait()
+            p.wait()
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and profile.encode() in (d / "cmdline").read_bytes():
+                    os.kill(int(d.name), signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(profile, ignore_errors=True)

@@ -12,7 +12,8 @@ const shots = process.argv[3];
 const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const lines = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((res) => lines.once("line", res));
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "rosa-ui-"));
+// The profile directory: the test's own (it stops a browser left behind by it), else a new one.
+const userDataDir = process.env.ROSA_UI_PROFILE || fs.mkdtempSync(path.join(os.tmpdir(), "rosa-ui-"));
 const browser = await puppeteer.launch({
   executablePath: "/usr/bin/chromium", headless: true, userDataDir,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

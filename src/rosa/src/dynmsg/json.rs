@@ -65,7 +65,8 @@ pub fn from_json(ty: &Arc<MessageType>, j: &Json) -> Result<MessageValue, JsonEr
     message_from_json(ty, j, &Path::Root)
 }
 
-fn json_kind(j: &Json) -> &'static str {
+/// What a JSON value is, for error messages ("a string", "an array"…).
+pub fn json_kind(j: &Json) -> &'static str {
     match j {
         Json::Null => "null",
         Json::Bool(_) => "a bool",

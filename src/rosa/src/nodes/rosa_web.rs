@@ -4,6 +4,7 @@
 //! (embedded in the binary). Every message goes through the dynamic-message layer (`dynmsg`):
 //! any installed ROS type, JSON / CBOR / raw CDR out of one codec.
 
+use crate::dynmsg::json::json_kind;
 use crate::dynmsg::{self, cbor, DynActionClient, DynError, DynNode, DynPublisher, GoalStatus, MessageType, Registry, SubscribeOptions};
 use crate::mcp_server::{is_loopback_bind, Guard, McpAccess};
 use crate::ros;
@@ -349,7 +350,7 @@ fn status(out: &Outbox, client_level: &Mutex<Level>, level: Level, id: Option<&J
 fn field_str<'a>(op: &'a Json, name: &str) -> Result<&'a str, String> {
     match op.get(name) {
         Some(Json::String(s)) => Ok(s),
-        Some(other) => Err(format!("'{name}' must be a string, not {}", kind(other))),
+        Some(other) => Err(format!("'{name}' must be a string, not {}", json_kind(other))),
         None => Err(format!("needs '{name}'")),
     }
 }
@@ -358,7 +359,7 @@ fn opt_str<'a>(op: &'a Json, name: &str) -> Result<Option<&'a str>, String> {
     match op.get(name) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("'{name}' must be a string, not {}", kind(other))),
+        Some(other) => Err(format!("'{name}' must be a string, not {}", json_kind(other))),
     }
 }
 
@@ -366,20 +367,10 @@ fn opt_num(op: &Json, name: &str) -> Result<Option<f64>, String> {
     match op.get(name) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::Number(n)) => n.as_f64().filter(|x| x.is_finite() && *x >= 0.0).map(Some).ok_or_else(|| format!("'{name}' must be a number ≥ 0")),
-        Some(other) => Err(format!("'{name}' must be a number, not {}", kind(other))),
+        Some(other) => Err(format!("'{name}' must be a number, not {}", json_kind(other))),
     }
 }
 
-fn kind(j: &Json) -> &'static str {
-    match j {
-        Json::Null => "null",
-        Json::Bool(_) => "a bool",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
-}
 
 async fn rosbridge_session(server: Arc<Server>, socket: WebSocket) {
     let session = server.next_session.fetch_add(1, Ordering::Relaxed);
@@ -460,7 +451,7 @@ impl Rb {
         let name = match op.get("op") {
             Some(Json::String(s)) => s.clone(),
             Some(other) => {
-                self.status(Level::Error, id.as_ref(), &format!("'op' must be a string, not {}", kind(other)));
+                self.status(Level::Error, id.as_ref(), &format!("'op' must be a string, not {}", json_kind(other)));
                 return;
             }
             None => {
@@ -1190,21 +1181,57 @@ const ROSAPI_SERVICES: &[&str] = &[
 // Foxglove WebSocket
 // =============================================================================================
 
+/// What a Foxglove client was advertised (channels, services): id → (name, type), and the reverse.
+struct Advertised {
+    by_id: BTreeMap<u32, (String, String)>,
+    ids: HashMap<(String, String), u32>,
+    next: u32,
+}
+
+impl Advertised {
+    fn new() -> Self {
+        Self { by_id: BTreeMap::new(), ids: HashMap::new(), next: 1 }
+    }
+
+    fn get(&self, id: u32) -> Option<&(String, String)> {
+        self.by_id.get(&id)
+    }
+
+    /// Follow the graph's `now`: forget what is gone (its ids are returned), and give an id to
+    /// each new (name, type) that `describe` can describe (in name order; one it cannot, a type
+    /// not installed, is tried again next time).
+    fn follow(&mut self, now: HashSet<(String, String)>, mut describe: impl FnMut(u32, &str, &str) -> Option<Json>) -> (Vec<u32>, Vec<Json>) {
+        let gone: Vec<u32> = self.by_id.iter().filter(|(_, k)| !now.contains(*k)).map(|(id, _)| *id).collect();
+        for id in &gone {
+            if let Some(k) = self.by_id.remove(id) {
+                self.ids.remove(&k);
+            }
+        }
+        let mut fresh: Vec<_> = now.into_iter().filter(|k| !self.ids.contains_key(k)).collect();
+        fresh.sort();
+        let mut new = Vec::new();
+        for (name, ty) in fresh {
+            let Some(j) = describe(self.next, &name, &ty) else { continue };
+            new.push(j);
+            self.ids.insert((name.clone(), ty.clone()), self.next);
+            self.by_id.insert(self.next, (name, ty));
+            self.next += 1;
+        }
+        (gone, new)
+    }
+}
+
 struct Fox {
     server: Arc<Server>,
     out: Arc<Outbox>,
-    /// Our channels: id → (topic, type); and the reverse.
-    channels: BTreeMap<u32, (String, String)>,
-    channel_ids: HashMap<(String, String), u32>,
-    next_channel: u32,
+    /// Our channels (topic, type).
+    channels: Advertised,
     /// Subscriptions: client subscription id → forwarding task.
     subs: HashMap<u32, tokio::task::JoinHandle<()>>,
     /// Client channels: id → publisher.
     client_channels: HashMap<u32, DynPublisher>,
-    /// Services: id → (name, type); and the reverse.
-    services: BTreeMap<u32, (String, String)>,
-    service_ids: HashMap<(String, String), u32>,
-    next_service: u32,
+    /// Our services (name, type).
+    services: Advertised,
     graph_subscribed: bool,
     last_graph: Option<Json>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -1235,14 +1262,10 @@ async fn foxglove_session(server: Arc<Server>, socket: WebSocket) {
     let mut fx = Fox {
         server: server.clone(),
         out: out.clone(),
-        channels: BTreeMap::new(),
-        channel_ids: HashMap::new(),
-        next_channel: 1,
+        channels: Advertised::new(),
         subs: HashMap::new(),
         client_channels: HashMap::new(),
-        services: BTreeMap::new(),
-        service_ids: HashMap::new(),
-        next_service: 1,
+        services: Advertised::new(),
         graph_subscribed: false,
         last_graph: None,
         tasks: Vec::new(),
@@ -1292,25 +1315,13 @@ impl Fox {
             .filter(|(t, _)| acc.allows(Kind::Topic, t) && !t.contains("/_action/"))
             .flat_map(|(t, tys)| tys.iter().map(move |ty| (t.clone(), ty.clone())))
             .collect();
-        let gone: Vec<u32> = self.channels.iter().filter(|(_, k)| !now.contains(*k)).map(|(id, _)| *id).collect();
+        let registry = &self.server.registry;
+        let (gone, new) = self.channels.follow(now, |id, topic, ty| {
+            let schema = registry.ros2msg(ty).ok()?;
+            Some(json!({"id": id, "topic": topic, "encoding": "cdr", "schemaName": ty, "schema": schema, "schemaEncoding": "ros2msg"}))
+        });
         if !gone.is_empty() {
-            for id in &gone {
-                if let Some(k) = self.channels.remove(id) {
-                    self.channel_ids.remove(&k);
-                }
-            }
             self.out.push(Frame::Text(json!({"op": "unadvertise", "channelIds": gone}).to_string()));
-        }
-        let mut new = Vec::new();
-        let mut sorted: Vec<_> = now.into_iter().filter(|k| !self.channel_ids.contains_key(k)).collect();
-        sorted.sort();
-        for (topic, ty) in sorted {
-            let Ok(schema) = self.server.registry.ros2msg(&ty) else { continue };
-            let id = self.next_channel;
-            self.next_channel += 1;
-            new.push(json!({"id": id, "topic": topic, "encoding": "cdr", "schemaName": ty, "schema": schema, "schemaEncoding": "ros2msg"}));
-            self.channel_ids.insert((topic.clone(), ty.clone()), id);
-            self.channels.insert(id, (topic, ty));
         }
         if !new.is_empty() {
             self.out.push(Frame::Text(json!({"op": "advertise", "channels": new}).to_string()));
@@ -1322,30 +1333,17 @@ impl Fox {
             .filter(|(s, _)| acc.allows(Kind::Service, s) && !s.contains("/_action/"))
             .flat_map(|(s, tys)| tys.iter().map(move |ty| (s.clone(), ty.clone())))
             .collect();
-        let sgone: Vec<u32> = self.services.iter().filter(|(_, k)| !snow.contains(*k)).map(|(id, _)| *id).collect();
-        if !sgone.is_empty() {
-            for id in &sgone {
-                if let Some(k) = self.services.remove(id) {
-                    self.service_ids.remove(&k);
-                }
-            }
-            self.out.push(Frame::Text(json!({"op": "unadvertiseServices", "serviceIds": sgone}).to_string()));
-        }
-        let mut snew = Vec::new();
-        let mut ssorted: Vec<_> = snow.into_iter().filter(|k| !self.service_ids.contains_key(k)).collect();
-        ssorted.sort();
-        for (name, ty) in ssorted {
-            let (Ok(req), Ok(resp)) = (self.server.registry.ros2msg(&format!("{ty}_Request")), self.server.registry.ros2msg(&format!("{ty}_Response"))) else { continue };
-            let id = self.next_service;
-            self.next_service += 1;
-            snew.push(json!({
+        let (sgone, snew) = self.services.follow(snow, |id, name, ty| {
+            let (Ok(req), Ok(resp)) = (registry.ros2msg(&format!("{ty}_Request")), registry.ros2msg(&format!("{ty}_Response"))) else { return None };
+            Some(json!({
                 "id": id, "name": name, "type": ty,
                 "requestSchema": req, "responseSchema": resp,
                 "request": {"encoding": "cdr", "schemaName": format!("{ty}_Request"), "schemaEncoding": "ros2msg", "schema": req},
                 "response": {"encoding": "cdr", "schemaName": format!("{ty}_Response"), "schemaEncoding": "ros2msg", "schema": resp},
-            }));
-            self.service_ids.insert((name.clone(), ty.clone()), id);
-            self.services.insert(id, (name, ty));
+            }))
+        });
+        if !sgone.is_empty() {
+            self.out.push(Frame::Text(json!({"op": "unadvertiseServices", "serviceIds": sgone}).to_string()));
         }
         if !snew.is_empty() {
             self.out.push(Frame::Text(json!({"op": "advertiseServices", "services": snew}).to_string()));
@@ -1444,7 +1442,7 @@ impl Fox {
                 errors.push("a subscription needs 'id' and 'channelId' (integers)".to_string());
                 continue;
             };
-            let Some((topic, ty)) = self.channels.get(&ch).cloned() else {
+            let Some((topic, ty)) = self.channels.get(ch).cloned() else {
                 errors.push(format!("no channel {ch}"));
                 continue;
             };
@@ -1503,7 +1501,7 @@ impl Fox {
                 None => fox_status(&self.out, fx::STATUS_ERROR, &format!("no client channel {channel} (advertise it first)")),
             },
             Ok(fx::ClientBinary::ServiceCallRequest { service, call, encoding, payload }) => {
-                let Some((name, ty)) = self.services.get(&service).cloned() else {
+                let Some((name, ty)) = self.services.get(service).cloned() else {
                     self.out.push(Frame::Text(json!({"op": "serviceCallFailure", "serviceId": service, "callId": call, "message": format!("no service {service}")}).to_string()));
                     return;
                 };
@@ -1592,5 +1590,31 @@ impl Fox {
             self.get_parameters(&get).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[(&str, &str)]) -> HashSet<(String, String)> {
+        items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn advertised_follows_the_graph_and_retries_what_it_could_not_describe() {
+        let mut a = Advertised::new();
+        let describe_all = |id: u32, name: &str, _: &str| Some(json!({"id": id, "name": name}));
+        let (gone, new) = a.follow(set(&[("/b", "T"), ("/a", "T")]), describe_all);
+        assert!(gone.is_empty());
+        assert_eq!(new, vec![json!({"id": 1, "name": "/a"}), json!({"id": 2, "name": "/b"})]);
+        // /a goes, /c comes but cannot be described (its type is not installed): not advertised.
+        let (gone, new) = a.follow(set(&[("/b", "T"), ("/c", "U")]), |id, name, ty| (ty != "U").then(|| json!({"id": id, "name": name})));
+        assert_eq!((gone, new), (vec![1], vec![]));
+        assert_eq!(a.get(2), Some(&("/b".to_string(), "T".to_string())));
+        assert_eq!(a.get(1), None);
+        // Next time it can: a new id, never a reused one.
+        let (gone, new) = a.follow(set(&[("/b", "T"), ("/c", "U")]), describe_all);
+        assert_eq!((gone, new), (vec![], vec![json!({"id": 3, "name": "/c"})]));
     }
 }
