@@ -326,8 +326,11 @@ def test_speak_refuses_what_the_engine_cannot_take_and_pieces_the_rest(reachy, t
     try:
         err, text = mcp.call("speak", {"text": "This is a short sentence. " * 5_800})
         assert not err, text
-        wav = wait_until(lambda: next(iter(sorted(r.speech_dir.glob("speech-*.wav"))), None), 30, "the first piece's WAV")
-        assert wav.stat().st_size > 1000
+        # The engine creates the file first and writes it as it speaks: wait for its audio.
+        def first_wav():
+            wav = next(iter(sorted(r.speech_dir.glob("speech-*.wav"))), None)
+            return wav if wav is not None and wav.exists() and wav.stat().st_size > 1000 else None
+        wait_until(first_wav, 30, "the first piece's WAV with audio in it")
         err, text = mcp.call("speak", {"text": "stop", "forcefully_interrupt": True})
         assert not err
     finally:
