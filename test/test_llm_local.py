@@ -136,7 +136,9 @@ def test_rosa_up_with_no_llm_flags_turns_the_head_left(tmp_path):
         f"    prompt_file: {ROOT / 'config' / 'prompts' / 'reachy-mini.txt'}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GROQ_API_KEY", "ROSA_LLM_URL", "ROSA_LLM")}
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", HF_HOME=str(tmp_path / "hf"),
-               HF_HUB_OFFLINE="1", ROSA_TEST_MARK=str(log_dir))
+               HF_HUB_OFFLINE="1", ROSA_TEST_MARK=str(log_dir),
+               # A data dir of its own: the kernel's journal (its memory) must not come from an earlier run.
+               ROSA_DATA_DIR=str(tmp_path / "data"))
     up = subprocess.Popen([str(ROOT / "rosa"), "up", "--log-dir", str(log_dir), "--no-stt", "--robots", str(robots),
                            "--daemon-port", str(daemon_port), "--mcp-port", str(mcp_port), "--llm-port", str(llm_port)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

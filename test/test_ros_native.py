@@ -422,7 +422,8 @@ def test_ros2_launch_and_the_ros2_cli(tmp_path, llm, capsys):
 def test_rosa_up_prints_one_escaped_line_per_event(tmp_path, domain_id, llm, peer):
     llm.handler = lambda req: Reply("done")
     log_dir = tmp_path / "logs"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROSA_DATA_DIR=str(tmp_path / "data"))
     up = subprocess.Popen([str(ROOT / "rosa"), "up", "--no-web", "--llm-url", llm.url, "--llm-model", "scripted",
                            "--log-dir", str(log_dir), "--no-sim", "--no-stt"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

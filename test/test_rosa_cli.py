@@ -90,7 +90,8 @@ def test_up_starts_the_bridge_for_ros_robots_and_keeps_a_sourced_overlay(tmp_pat
     robots.write_text("robots:\n  - name: turtle\n    description: a ROS robot\n    ros:\n      namespace: /r1\n")
     log_dir = tmp_path / "logs"
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROSA_TEST_MARK=str(log_dir), AMENT_PREFIX_PATH=f"{overlay}:{os.environ.get('AMENT_PREFIX_PATH', '')}")
+               ROSA_TEST_MARK=str(log_dir), ROSA_DATA_DIR=str(tmp_path / "data"),
+               AMENT_PREFIX_PATH=f"{overlay}:{os.environ.get('AMENT_PREFIX_PATH', '')}")
     shown = subprocess.run([str(ROOT / "rosa"), "env"], env=env, capture_output=True, text=True, timeout=30).stdout
     assert f"export AMENT_PREFIX_PATH='{overlay}:" in shown, shown
     up = subprocess.Popen([str(ROOT / "rosa"), "up", "--llm-url", llm.url, "--llm-model", "scripted",
