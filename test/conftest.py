@@ -267,6 +267,22 @@ class Graph:
         return found
 
 
+def kill_processes(matches):
+    """SIGKILL every process for which `matches(Path("/proc/<pid>"))` is true (one that ends or
+    cannot be read meanwhile is skipped): what a test started and a killed parent left behind."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and matches(d):
+                os.kill(int(d.name), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def marked(mark: bytes):
+    """A `kill_processes` predicate: `mark` is one of the process's environment entries."""
+    return lambda d: mark in (d / "environ").read_bytes().split(b"\0")
+
+
 def stop_supervisor(proc):
     """Stop a `./rosa up` process: Ctrl-C first (its nodes lead sessions of their own, so a SIGKILL
     of the supervisor alone would orphan them), SIGKILL if it does not stop."""

@@ -18,7 +18,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rosa_interfaces.msg import Update, WorkerCallback
 
-from conftest import ROOT, Graph, Peer, fresh_domain_id, stop_supervisor, wait_until
+from conftest import ROOT, Graph, Peer, fresh_domain_id, kill_processes, marked, stop_supervisor, wait_until
 from support.reachy import ReachyDaemon, free_port
 
 MODEL = ROOT / ".rosa" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -179,10 +179,5 @@ def test_rosa_up_with_no_llm_flags_turns_the_head_left(tmp_path):
         peer.close()
         stop_supervisor(up)
         mark = f"ROSA_TEST_MARK={log_dir}".encode()
-        for d in Path("/proc").iterdir():
-            try:
-                if d.name.isdigit() and mark in (d / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(d.name), signal.SIGKILL)
-            except OSError:
-                pass
+        kill_processes(marked(mark))
         print("".join(out)[-6000:])

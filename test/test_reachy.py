@@ -16,7 +16,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty, String
 from tf2_msgs.msg import TFMessage
 
-from conftest import LATCHED, Graph, Peer, fresh_domain_id, wait_until
+from conftest import LATCHED, Graph, Peer, fresh_domain_id, kill_processes, marked, wait_until
 from support.reachy import McpClient, ReachyDaemon, free_port, write_emotions
 from support.scripted_llm import ScriptedLLM, default_handler
 
@@ -454,9 +454,4 @@ def test_rosa_up_runs_the_simulated_robot(tmp_path):
             up.wait()
         # Whatever the supervisor started and left (only if it was killed): this test's mark is in its environment.
         mark = f"ROSA_TEST_MARK={log_dir}".encode()
-        for d in Path("/proc").iterdir():
-            try:
-                if d.name.isdigit() and mark in (d / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(d.name), signal.SIGKILL)
-            except OSError:
-                pass
+        kill_processes(marked(mark))

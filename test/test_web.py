@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,7 +20,7 @@ import websocket  # websocket-client
 from rosa_interfaces.msg import KernelEvent, ProcessTable, Update
 from std_msgs.msg import String
 
-from conftest import LATCHED, RECENT, wait_until
+from conftest import LATCHED, RECENT, kill_processes, wait_until
 from support.scripted_llm import default_handler
 
 HERE = Path(__file__).resolve().parent
@@ -556,10 +555,5 @@ def test_ui_offline_chat_updates_processes_escaping_and_reconnect(graph, peer, l
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-        for d in Path("/proc").iterdir():
-            try:
-                if d.name.isdigit() and profile.encode() in (d / "cmdline").read_bytes():
-                    os.kill(int(d.name), signal.SIGKILL)
-            except OSError:
-                pass
+        kill_processes(lambda d: profile.encode() in (d / "cmdline").read_bytes())
         shutil.rmtree(profile, ignore_errors=True)
