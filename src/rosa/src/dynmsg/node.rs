@@ -4,8 +4,9 @@
 //!
 //! Threading: [`DynNode::start`] moves the `r2r::Node` into a thread that calls `spin_once` and,
 //! between spins, runs the closures sent to it ([`DynNode::with_node`]): creating and destroying
-//! endpoints and graph queries go through there, so they wait at most one spin period
-//! (`spin_period`, 10 ms by default). Publishing, service requests and responses do not: they go
+//! endpoints and graph queries go through there. Sending one wakes the thread's `rcl_wait` (a
+//! guard condition, r2r patch 0500), so it runs at once instead of after the spin period
+//! (`spin_period`, 10 ms by default, which only paces r2r's polled futures). Publishing, service requests and responses do not: they go
 //! straight to rcl from the calling thread. Subscription callbacks run in the spin thread and only
 //! hand the CDR bytes to a bounded channel; decoding happens in the receiving task.
 
@@ -32,6 +33,7 @@ type Command = Box<dyn FnOnce(&mut r2r::Node) + Send>;
 
 struct Inner {
     commands: std_mpsc::Sender<Command>,
+    waker: Option<r2r::SpinWaker>,
     registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -39,9 +41,33 @@ struct Inner {
     param_clients: Mutex<HashMap<String, ParamClients>>,
 }
 
+impl Inner {
+    fn send(&self, cmd: Command) -> Result<(), DynError> {
+        self.commands.send(cmd).map_err(|_| DynError::Stopped)?;
+        self.wake();
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+    }
+
+    /// Wake the spin thread of `inner` (if it is still there): r2r polls the futures of
+    /// `is_available` and of matched subscribers once per spin, so a new one is looked at now
+    /// instead of after the spin period.
+    fn wake_weak(inner: &Weak<Inner>) {
+        if let Some(i) = inner.upgrade() {
+            i.wake();
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.wake();
         if let Some(t) = self.thread.get_mut().ok().and_then(Option::take) {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
@@ -66,6 +92,13 @@ impl DynNode {
 
     pub fn start_with_period(mut node: r2r::Node, registry: Arc<Registry>, spin_period: Duration) -> Self {
         let (tx, rx) = std_mpsc::channel::<Command>();
+        let waker = match node.spin_waker() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("no guard condition to wake the spin thread ({e}): node operations wait up to {spin_period:?}");
+                None
+            }
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -86,6 +119,7 @@ impl DynNode {
         Self {
             inner: Arc::new(Inner {
                 commands: tx,
+                waker,
                 registry,
                 stop,
                 thread: Mutex::new(Some(thread)),
@@ -98,6 +132,7 @@ impl DynNode {
     /// Stop spinning and drop the node (its endpoints with it); waits for the thread.
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.wake();
         let t = self.inner.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = t {
             if t.thread().id() != std::thread::current().id() {
@@ -122,19 +157,16 @@ impl DynNode {
         F: FnOnce(&mut r2r::Node) -> R + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Box::new(move |node: &mut r2r::Node| {
-                let _ = tx.send(f(node));
-            }))
-            .map_err(|_| DynError::Stopped)?;
+        self.inner.send(Box::new(move |node: &mut r2r::Node| {
+            let _ = tx.send(f(node));
+        }))?;
         rx.await.map_err(|_| DynError::Stopped)
     }
 
     /// Like [`DynNode::with_node`] without waiting (for destructors).
     fn post(inner: &Weak<Inner>, f: impl FnOnce(&mut r2r::Node) + Send + 'static) {
         if let Some(inner) = inner.upgrade() {
-            let _ = inner.commands.send(Box::new(f));
+            let _ = inner.send(Box::new(f));
         }
     }
 
@@ -234,7 +266,7 @@ impl DynNode {
         let client = self
             .with_node(move |node| unsafe { node.create_client_serialized(&name, &ts, QosProfile::services_default()) })
             .await??;
-        let c = DynClient { service: service.to_string(), ty, client, seen_server: Arc::new(AtomicBool::new(false)) };
+        let c = DynClient { service: service.to_string(), ty, client, seen_server: Arc::new(AtomicBool::new(false)), node: self.weak() };
         Ok(self.inner.clients.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(c).clone())
     }
 
@@ -341,7 +373,7 @@ impl DynNode {
         use r2r::rcl_interfaces::srv::ListParameters;
         let p = self.params(node_name).await?;
         let req = ListParameters::Request { prefixes: vec![], depth: ListParameters::Request::DEPTH_RECURSIVE as u64 };
-        let resp = typed_call(&p.list, &req, timeout, &format!("{node_name}/list_parameters")).await?;
+        let resp = typed_call(&self.weak(), &p.list, &req, timeout, &format!("{node_name}/list_parameters")).await?;
         Ok(resp.result.names)
     }
 
@@ -350,7 +382,7 @@ impl DynNode {
         use r2r::rcl_interfaces::srv::GetParameters;
         let p = self.params(node_name).await?;
         let req = GetParameters::Request { names: names.to_vec() };
-        let resp = typed_call(&p.get, &req, timeout, &format!("{node_name}/get_parameters")).await?;
+        let resp = typed_call(&self.weak(), &p.get, &req, timeout, &format!("{node_name}/get_parameters")).await?;
         if resp.values.len() != names.len() {
             // rclpy answers with no values at all when one of the names is not declared.
             return Err(DynError::InvalidArgument(format!(
@@ -374,7 +406,7 @@ impl DynNode {
             parameters.push(Parameter { name: name.clone(), value });
         }
         let req = SetParameters::Request { parameters };
-        let resp = typed_call(&p.set, &req, timeout, &format!("{node_name}/set_parameters")).await?;
+        let resp = typed_call(&self.weak(), &p.set, &req, timeout, &format!("{node_name}/set_parameters")).await?;
         Ok(resp.results.into_iter().map(|r| if r.successful { Ok(()) } else { Err(r.reason) }).collect())
     }
 }
@@ -484,6 +516,7 @@ impl DynPublisher {
     /// Wait until a subscription in another process is matched (false on timeout).
     pub async fn wait_for_subscribers(&self, timeout: Duration) -> bool {
         let Ok(fut) = self.guard.publisher.wait_for_inter_process_subscribers() else { return false };
+        Inner::wake_weak(&self.guard.node);
         matches!(tokio::time::timeout(timeout, fut).await, Ok(Ok(())))
     }
 }
@@ -613,8 +646,9 @@ pub struct DynClient {
     service: String,
     ty: Arc<ServiceType>,
     client: ClientSerialized,
-    /// A server was seen: later calls do not wait for the graph check (a spin period).
+    /// A server was seen: later calls do not wait for the graph check.
     seen_server: Arc<AtomicBool>,
+    node: Weak<Inner>,
 }
 
 impl DynClient {
@@ -625,6 +659,7 @@ impl DynClient {
     /// Wait until the service has a server (an error on timeout).
     pub async fn wait_for_service(&self, timeout: Duration) -> Result<(), DynError> {
         let fut = r2r::Node::is_available(&self.client)?;
+        Inner::wake_weak(&self.node);
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(())) => {
                 self.seen_server.store(true, Ordering::Relaxed);
@@ -1056,12 +1091,14 @@ struct ParamClients {
     set: Arc<r2r::Client<r2r::rcl_interfaces::srv::SetParameters::Service>>,
 }
 
-async fn typed_call<T>(client: &r2r::Client<T>, req: &T::Request, timeout: Duration, what: &str) -> Result<T::Response, DynError>
+async fn typed_call<T>(node: &Weak<Inner>, client: &r2r::Client<T>, req: &T::Request, timeout: Duration, what: &str) -> Result<T::Response, DynError>
 where
     T: r2r::WrappedServiceTypeSupport + 'static,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    match tokio::time::timeout(timeout, r2r::Node::is_available(client)?).await {
+    let available = r2r::Node::is_available(client)?;
+    Inner::wake_weak(node);
+    match tokio::time::timeout(timeout, available).await {
         Ok(Ok(())) => {}
         _ => return Err(DynError::NotAvailable(format!("{what} has no server (waited {timeout:?})"))),
     }
