@@ -14,6 +14,7 @@ recorder's CPU time (utime+stime from /proc) and peak RSS (VmHWM) are reported t
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,12 +53,15 @@ def case(name, size, count, base, env, publisher):
     try:
         time.sleep(1.0)
         cpu0 = proc_cpu(rec.pid)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         pub = subprocess.run([str(publisher), "--topic", "/bench/bag", "--size", str(size), "--count", str(count)],
                              env=env, capture_output=True, text=True, timeout=600)
         if pub.returncode != 0:
             raise SystemExit(f"bench publisher failed: {pub.stderr[-2000:]}")
         figures = json.loads(pub.stdout.strip().splitlines()[-1])
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the publisher's (the recorder is not reaped yet)
+        pub_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         cpu = proc_cpu(rec.pid) - cpu0
         wall = time.monotonic() - t0
         hwm = proc_hwm_mb(rec.pid)
@@ -78,6 +82,7 @@ def case(name, size, count, base, env, publisher):
         "case": name, "message_bytes": size, "published": count, "recorded": recorded, "lost": count - recorded,
         "msgs_per_s": count / secs, "mb_per_s": figures["bytes"] / secs / 1e6, "publish_seconds": secs,
         "recorder_cpu_s": cpu, "recorder_cpu_pct": 100 * cpu / wall, "recorder_peak_rss_mb": hwm,
+        "publisher_cpu_s": pub_cpu,  # its whole run: start-up, matching, the publish loop, 1 s tail
         "finish_seconds": finish, "bag_mb": size_on_disk / 1e6,
     }
 
@@ -102,9 +107,10 @@ def main():
     finally:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\n{'case':<10} {'msgs/s':>10} {'MB/s':>8} {'lost':>6} {'rec CPU %':>10} {'peak RSS MB':>12}")
+    print(f"\n{'case':<10} {'msgs/s':>10} {'MB/s':>8} {'lost':>6} {'pub s':>7} {'rec CPU %':>10} {'pub CPU s':>10} {'peak RSS MB':>12}")
     for r in results:
-        print(f"{r['case']:<10} {r['msgs_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {r['lost']:>6} {r['recorder_cpu_pct']:>10.0f} {r['recorder_peak_rss_mb']:>12.1f}")
+        print(f"{r['case']:<10} {r['msgs_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {r['lost']:>6} {r['publish_seconds']:>7.2f} {r['recorder_cpu_pct']:>10.0f}"
+              f" {r['publisher_cpu_s']:>10.2f} {r['recorder_peak_rss_mb']:>12.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0 if all(r["lost"] == 0 for r in results) else 1

@@ -338,6 +338,16 @@ impl DynNode {
         Ok(Graph::new(nodes, topics, services))
     }
 
+    /// The topics (hidden ones too) and their types: one graph query, cheaper than [`DynNode::graph`].
+    pub async fn topic_types(&self) -> Result<BTreeMap<String, Vec<String>>, DynError> {
+        Ok(self.with_node(|node| node.get_topic_names_and_types_all()).await??.into_iter().collect())
+    }
+
+    /// The services and their types: one graph query.
+    pub async fn service_types(&self) -> Result<BTreeMap<String, Vec<String>>, DynError> {
+        Ok(self.with_node(|node| node.get_service_names_and_types()).await??.into_iter().collect())
+    }
+
     /// One node's publishers, subscriptions, services and clients.
     pub async fn node_details(&self, name: &str, namespace: &str) -> Result<NodeDetails, DynError> {
         let (n, ns) = (name.to_string(), namespace.to_string());
@@ -1058,8 +1068,15 @@ impl Graph {
             .collect();
         node_names.sort();
         node_names.dedup();
+        let topics: BTreeMap<String, Vec<String>> = topics.into_iter().collect();
+        let actions = Graph::actions_of(&topics);
+        Graph { nodes: node_names, topics, services: services.into_iter().collect(), actions }
+    }
+
+    /// The actions among `topics` (name → action types), from their `_action/feedback` topics.
+    pub fn actions_of(topics: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
         let mut actions = BTreeMap::new();
-        for (t, types) in &topics {
+        for (t, types) in topics {
             if let Some(a) = t.strip_suffix("/_action/feedback") {
                 let tys: Vec<String> = types.iter().filter_map(|ty| ty.strip_suffix("_FeedbackMessage").map(str::to_string)).collect();
                 if !tys.is_empty() {
@@ -1067,7 +1084,7 @@ impl Graph {
                 }
             }
         }
-        Graph { nodes: node_names, topics: topics.into_iter().collect(), services: services.into_iter().collect(), actions }
+        actions
     }
 }
 

@@ -15,7 +15,7 @@
 
 use crate::bridge::scope::{Access, Kind, Scope};
 use crate::bridge::{cap, Caps, Condition};
-use crate::dynmsg::{json as djson, DynActionClient, DynNode, DynPublisher, GoalStatus, MessageValue, Registry, SubscribeOptions, Value};
+use crate::dynmsg::{json as djson, DynActionClient, DynNode, DynPublisher, GoalStatus, Graph, MessageValue, Registry, SubscribeOptions, Value};
 use crate::input::clamped_seconds;
 use crate::mcp_server::{Endpoint, Guard, McpAccess, Sessions};
 use crate::ros;
@@ -295,14 +295,15 @@ impl Bridge {
         }
         let deadline = Instant::now() + clamped_seconds(self.p.graph_wait_sec, 0.0, 60.0);
         loop {
-            let g = self.dn.graph().await.map_err(|e| e.to_string())?;
-            let types = match kind {
-                Kind::Topic => g.topics.get(name),
-                Kind::Service => g.services.get(name),
-                Kind::Action => g.actions.get(name),
-                _ => None,
-            };
-            match types.map(Vec::as_slice) {
+            // Only the part of the graph the kind needs (one rcl query, not the whole graph).
+            let known = match kind {
+                Kind::Topic => self.dn.topic_types().await,
+                Kind::Service => self.dn.service_types().await,
+                Kind::Action => self.dn.topic_types().await.map(|t| Graph::actions_of(&t)),
+                _ => Ok(Default::default()),
+            }
+            .map_err(|e| e.to_string())?;
+            match known.get(name).map(Vec::as_slice) {
                 Some([t]) => return Ok(t.clone()),
                 Some(ts) if ts.len() > 1 => return Err(format!("{} {name} has several types ({}): give `type`", kind.name(), ts.join(", "))),
                 _ if Instant::now() >= deadline => {
