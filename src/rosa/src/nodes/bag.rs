@@ -209,6 +209,9 @@ enum Item {
     Message(TopicId, SerializedMessage),
 }
 
+/// How long a subscription callback waits for room in a full queue before dropping a message.
+const FULL_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
 /// The messages between the subscriptions and the writer thread, bounded by `queue_messages` and
 /// `queue_bytes` with counters of our own: a `sync_channel` of 100,000 slots allocates (and
 /// touches) all of them at once, 12 MB of the recorder's idle RSS.
@@ -229,8 +232,18 @@ impl Queue {
         Box::new(move |m: SerializedMessage| {
             let len = m.data.len() as u64;
             // A message larger than the whole byte budget still goes in when the queue is empty.
-            let over_bytes = bytes.load(Ordering::Relaxed) + len > max && messages.load(Ordering::Relaxed) > 0;
-            if over_bytes || messages.load(Ordering::Relaxed) >= max_messages {
+            let full = || {
+                (bytes.load(Ordering::Relaxed) + len > max && messages.load(Ordering::Relaxed) > 0)
+                    || messages.load(Ordering::Relaxed) >= max_messages
+            };
+            // When the writer is behind, wait for it (up to FULL_QUEUE_WAIT) instead of dropping:
+            // the spin thread then takes nothing, a reliable topic's keep-all reader holds back
+            // its acknowledgements, and a publisher that keeps all waits too.
+            let t0 = Instant::now();
+            while full() && t0.elapsed() < FULL_QUEUE_WAIT {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if full() {
                 dropped.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
