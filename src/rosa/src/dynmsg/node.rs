@@ -6,8 +6,9 @@
 //! between spins, runs the closures sent to it ([`DynNode::with_node`]): creating and destroying
 //! endpoints and graph queries go through there. Sending one wakes the thread's `rcl_wait` (a
 //! guard condition, r2r patch 0500), so it runs at once instead of after the spin period
-//! (`spin_period`, 10 ms by default, which only paces r2r's polled futures). Publishing, service requests and responses do not: they go
-//! straight to rcl from the calling thread. Subscription callbacks run in the spin thread and only
+//! (`spin_period`, 10 ms by default, which only paces r2r's polled futures). Publishing, service
+//! requests and responses do not go through the thread: they go straight to rcl from the calling
+//! thread. Subscription callbacks run in the spin thread and only
 //! hand the CDR bytes to a bounded channel; decoding happens in the receiving task.
 
 use super::cdr;

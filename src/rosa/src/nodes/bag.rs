@@ -59,10 +59,10 @@ pub struct RecorderParams {
     /// History depth of each best-effort subscription (reliable topics are read keep-all).
     #[schemars(range(min = 1, max = 100000))]
     pub depth: u64,
-    /// Messages waiting for the writer at most (beyond: dropped and counted).
+    /// Messages waiting for the writer at most (beyond: a callback waits up to 2 s, then drops and counts).
     #[schemars(range(min = 1, max = 10000000))]
     pub queue_messages: u64,
-    /// Bytes waiting for the writer at most (beyond: dropped and counted).
+    /// Bytes waiting for the writer at most (beyond: a callback waits up to 2 s, then drops and counts).
     #[schemars(range(min = 65536, max = 17179869184u64))]
     pub queue_bytes: u64,
 }
@@ -222,13 +222,16 @@ struct Queue {
     messages: Arc<AtomicU64>,
     max_messages: u64,
     dropped: Arc<AtomicU64>,
+    /// Set when the writer thread has stopped or the recorder is stopping: no more waiting for room.
+    closed: Arc<AtomicBool>,
 }
 
 impl Queue {
-    /// The subscription callback of topic `id` (runs in the spin thread: never blocks).
+    /// The subscription callback of topic `id` (runs in the spin thread; blocks only while the
+    /// queue is full, at most `FULL_QUEUE_WAIT`).
     fn callback(&self, id: TopicId) -> Box<dyn FnMut(SerializedMessage) -> bool + Send> {
         let (tx, bytes, max, dropped) = (self.tx.clone(), self.bytes.clone(), self.max_bytes, self.dropped.clone());
-        let (messages, max_messages) = (self.messages.clone(), self.max_messages);
+        let (messages, max_messages, closed) = (self.messages.clone(), self.max_messages, self.closed.clone());
         Box::new(move |m: SerializedMessage| {
             let len = m.data.len() as u64;
             // A message larger than the whole byte budget still goes in when the queue is empty.
@@ -240,7 +243,7 @@ impl Queue {
             // the spin thread then takes nothing, a reliable topic's keep-all reader holds back
             // its acknowledgements, and a publisher that keeps all waits too.
             let t0 = Instant::now();
-            while full() && t0.elapsed() < FULL_QUEUE_WAIT {
+            while full() && t0.elapsed() < FULL_QUEUE_WAIT && !closed.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             if full() {
@@ -264,8 +267,10 @@ fn now_ns() -> u64 {
 /// The writer thread: everything in the queue goes into the bag, a chunk is flushed every
 /// `flush`; when the queue closes the bag is finished. An error ends recording (the bag is
 /// finished as far as it can be) and is returned.
-fn write_loop(mut w: BagWriter, rx: Receiver<Item>, queued: (Arc<AtomicU64>, Arc<AtomicU64>), flush: Duration, written: Arc<AtomicU64>) -> Result<bag::Metadata, BagError> {
-    let (bytes, messages) = queued;
+fn write_loop(
+    mut w: BagWriter, rx: Receiver<Item>, queued: (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicBool>), flush: Duration, written: Arc<AtomicU64>,
+) -> Result<bag::Metadata, BagError> {
+    let (bytes, messages, closed) = queued;
     let mut last_flush = Instant::now();
     let mut dirty = false;
     let result = loop {
@@ -305,6 +310,7 @@ fn write_loop(mut w: BagWriter, rx: Receiver<Item>, queued: (Arc<AtomicU64>, Arc
             last_flush = Instant::now();
         }
     };
+    closed.store(true, Ordering::Relaxed);
     drop(rx);
     match result {
         Ok(()) => w.finish(),
@@ -409,11 +415,12 @@ pub async fn run_recorder() -> anyhow::Result<()> {
         messages: Arc::default(),
         max_messages: p.queue_messages.max(1),
         dropped: Arc::default(),
+        closed: Arc::default(),
     };
     let written = Arc::new(AtomicU64::new(0));
     let flush = Duration::from_secs_f64(p.flush_period_sec.clamp(0.01, 3600.0));
     let writer_thread = {
-        let (queued, written) = ((queue.bytes.clone(), queue.messages.clone()), written.clone());
+        let (queued, written) = ((queue.bytes.clone(), queue.messages.clone(), queue.closed.clone()), written.clone());
         std::thread::Builder::new().name("bag-writer".into()).spawn(move || write_loop(writer, rx, queued, flush, written))?
     };
     tracing::info!(bag = %dir.display(), "bag_recorder ready");
@@ -448,6 +455,7 @@ pub async fn run_recorder() -> anyhow::Result<()> {
         }
     }
     // Stop taking messages, then let the writer drain the queue and finish the bag.
+    queue.closed.store(true, Ordering::Relaxed);
     drop(rec.subscriptions);
     dn.stop();
     drop(queue.tx);
