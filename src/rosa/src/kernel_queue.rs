@@ -26,8 +26,12 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// Callback keys remembered for deduplication (the process manager keeps 100 callbacks of history).
-pub const KEYS_KEPT: usize = 4096;
+/// Callback keys remembered for deduplication. A duplicate can only come from the publisher's
+/// history (the process manager keeps 100 callbacks) or its restart (a final callback for each
+/// worker it had running): ten times the history is ample. The set fills within the first ~1,000
+/// workers and then stays at this size (~0.2 MB, and in each journal snapshot; 4096 keys were
+/// ~0.8 MB of kernel RSS growth over the first 4,000 commands of a soak, and most of its journal).
+pub const KEYS_KEPT: usize = 1024;
 /// The journal is compacted once this many records were appended since the last compaction.
 pub const COMPACT_AFTER: u64 = 2000;
 /// Tool results are journaled up to this many characters (enough to tell the model what happened).
@@ -622,6 +626,20 @@ mod tests {
         assert!(matches!(q.push(Event::worker_callback("w1", "done", true), Some(callback_key("w1", true, 9, "x"))), Err(Refusal::Duplicate(_))));
         assert!(q.push(Event::worker_callback("w2", "done", true), Some(callback_key("w2", true, 9, "x"))).is_ok());
         assert_ne!(callback_key("w3", false, 1, "a"), callback_key("w3", false, 1, "b"));
+    }
+
+    #[test]
+    fn recent_keys_keep_the_last_keys_kept() {
+        let mut keys = RecentKeys::new();
+        for i in 0..KEYS_KEPT + 10 {
+            keys.insert(format!("w{i}/final"));
+            keys.insert(format!("w{i}/final")); // a duplicate insert adds nothing
+        }
+        assert_eq!(keys.order.len(), KEYS_KEPT);
+        assert_eq!(keys.set.len(), KEYS_KEPT);
+        assert!(!keys.contains("w9/final"));
+        assert!(keys.contains("w10/final"));
+        assert!(keys.contains(&format!("w{}/final", KEYS_KEPT + 9)));
     }
 
     #[tokio::test]

@@ -299,15 +299,9 @@ where
     let router = router.layer(axum::middleware::from_fn(move |req: Request, next: Next| guard_layer(guard.clone(), req, next)));
     let listener = tokio::net::TcpListener::bind((bind, port)).await?;
     let addr = listener.local_addr()?;
-    // TCP_NODELAY: a reply is written in pieces (headers, SSE events); with Nagle's algorithm and
-    // the client's delayed ACK, the last piece waited ~40 ms (measured: 48 ms per call → see
-    // README, `./rosa bench bridge`).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
+    // TCP_NODELAY: without it the last piece of a reply waited ~40 ms (measured: 48 ms per call,
+    // see README, `./rosa bench bridge`).
+    let listener = crate::http::nodelay(listener);
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled_owned().await }).await {
             tracing::error!("MCP server: {e}");

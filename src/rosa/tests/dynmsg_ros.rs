@@ -332,6 +332,35 @@ async fn qos_matches_latched_and_best_effort_publishers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_made_before_its_latched_publisher_gets_the_state_once() {
+    let mut peer = Peer::start("dyn_peer_late");
+    let dn = start_node("dyn_late");
+    // No publisher yet: the subscription starts volatile (a UI subscribing while the graph starts).
+    let mut sub = dn.subscribe("/dyn_test/late_latched", "std_msgs/msg/String", SubscribeOptions::default()).await.unwrap();
+    assert_eq!(sub.raw().qos().durability, r2r::qos::DurabilityPolicy::Volatile);
+    // The latched publisher appears and publishes at once, before discovery has matched it with
+    // the volatile subscription (or just after: then both subscriptions get it).
+    peer.call(json!({"op": "publish", "topic": "/dyn_test/late_latched", "type": "std_msgs/msg/String", "values": {"data": "state"}, "qos": {"durability": "transient_local", "depth": 1}}));
+    let m = within(15, "the latched state", sub.recv_json()).await.unwrap().unwrap();
+    assert_eq!(m, json!({"data": "state"}));
+    // Re-made with the publisher's QoS.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sub.raw().qos().durability != r2r::qos::DurabilityPolicy::TransientLocal {
+        assert!(Instant::now() < deadline, "the subscription was not re-made transient-local");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Once: the message the re-made subscription gets from the history is not delivered again.
+    let again = tokio::time::timeout(Duration::from_secs(3), sub.recv_json()).await;
+    assert!(again.is_err(), "delivered twice: {again:?}");
+    // Live messages still arrive, once each.
+    peer.call(json!({"op": "publish", "topic": "/dyn_test/late_latched", "type": "std_msgs/msg/String", "values": {"data": "next"}, "qos": {"durability": "transient_local", "depth": 1}}));
+    let m = within(10, "a live message", sub.recv_json()).await.unwrap().unwrap();
+    assert_eq!(m, json!({"data": "next"}));
+    assert!(tokio::time::timeout(Duration::from_secs(1), sub.recv_json()).await.is_err(), "a live message delivered twice");
+    dn.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_parameters_and_typed_endpoints_on_one_node() {
     let mut peer = Peer::start("dyn_peer_graph");
     let dn = start_node("dyn_graph");

@@ -194,26 +194,30 @@ impl DynNode {
     }
 
     /// Subscribe to raw CDR (with rmw's message info). QoS: as `options` say, by default matched to
-    /// the topic's publishers (see [`match_publishers`]).
+    /// the topic's publishers (see [`match_publishers`]). With no publisher known yet, the
+    /// subscription starts reliable and volatile and is re-made with the matched QoS once
+    /// publishers appear (see [`rematch_when_published`]): a transient-local publisher discovered a
+    /// moment after the subscription still hands over its latched state.
     pub async fn subscribe_raw(&self, topic: &str, type_name: &str, options: SubscribeOptions) -> Result<RawSubscription, DynError> {
-        let qos = match options.qos {
-            Some(q) => q,
-            None => match_publishers(&self.publishers_info(topic).await.unwrap_or_default(), options.depth),
+        let (qos, rematch) = match options.qos {
+            Some(q) => (q, false),
+            None => {
+                let publishers = self.publishers_info(topic).await.unwrap_or_default();
+                (match_publishers(&publishers, options.depth), publishers.is_empty())
+            }
         };
         let (tx, rx) = mpsc::channel(options.capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        let counter = dropped.clone();
-        let callback = Box::new(move |m: SerializedMessage| match tx.try_send(m) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                counter.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
-        let handle = self.subscribe_raw_with(topic, type_name, qos.clone(), callback).await?;
+        let seen = Arc::new(Mutex::new(Delivered { on: rematch, last: HashMap::new() }));
+        let forward = Forward { tx, dropped: dropped.clone(), seen };
+        let handle = self.subscribe_raw_with(topic, type_name, qos.clone(), forward.callback()).await?;
         let ty = handle.ty.clone();
-        Ok(RawSubscription { topic: topic.to_string(), ty, qos, rx, dropped, guard: handle.guard })
+        let current = Arc::new(Mutex::new(Current { guard: handle.guard, qos }));
+        if rematch {
+            let rm = Rematch { node: self.weak(), topic: topic.to_string(), type_name: type_name.to_string(), depth: options.depth, forward };
+            tokio::spawn(rematch_when_published(rm, Arc::downgrade(&current)));
+        }
+        Ok(RawSubscription { topic: topic.to_string(), ty, rx, dropped, current })
     }
 
     /// Subscribe to raw CDR with a callback of one's own, run in the spin thread for each message
@@ -571,10 +575,118 @@ impl RawCallbackSubscription {
 pub struct RawSubscription {
     topic: String,
     ty: Arc<MessageType>,
-    qos: QosProfile,
     rx: mpsc::Receiver<SerializedMessage>,
     dropped: Arc<AtomicU64>,
+    /// Swapped when the subscription is re-made with its publishers' QoS.
+    current: Arc<Mutex<Current>>,
+}
+
+struct Current {
     guard: SubscriptionGuard,
+    qos: QosProfile,
+}
+
+/// What a [`RawSubscription`]'s callbacks share: its channel, its drop counter, and while a
+/// re-match may replay a publisher's history, the last publication sequence number delivered
+/// from each publisher (so a message both subscriptions get is delivered once).
+#[derive(Clone)]
+struct Forward {
+    tx: mpsc::Sender<SerializedMessage>,
+    dropped: Arc<AtomicU64>,
+    seen: Arc<Mutex<Delivered>>,
+}
+
+struct Delivered {
+    on: bool,
+    last: HashMap<[u8; 16], u64>,
+}
+
+impl Delivered {
+    /// Whether `info`'s message is new (always, once deduplication is off or when the middleware
+    /// gives no sequence number).
+    fn first_time(&mut self, info: &MessageInfo) -> bool {
+        if !self.on || info.publication_sequence_number == 0 {
+            return true;
+        }
+        let last = self.last.entry(info.publisher_gid).or_insert(0);
+        if info.publication_sequence_number <= *last {
+            return false;
+        }
+        *last = info.publication_sequence_number;
+        true
+    }
+}
+
+impl Forward {
+    fn callback(&self) -> Box<dyn FnMut(SerializedMessage) -> bool + Send> {
+        let f = self.clone();
+        Box::new(move |m: SerializedMessage| {
+            if !f.seen.lock().map(|mut d| d.first_time(&m.info)).unwrap_or(true) {
+                return true;
+            }
+            match f.tx.try_send(m) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    f.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        })
+    }
+}
+
+struct Rematch {
+    node: Weak<Inner>,
+    topic: String,
+    type_name: String,
+    depth: usize,
+    forward: Forward,
+}
+
+/// How long both subscriptions' messages are deduplicated after a re-match: the new one gets the
+/// publisher's history when it matches, within discovery's time.
+const REMATCH_DEDUP: Duration = Duration::from_secs(5);
+
+/// For a subscription made before any publisher was known: look for publishers (every 50 ms at
+/// first, backing off to 2 s) until there are some, then, if their QoS calls for another one
+/// (transient-local, or best-effort), make a new subscription with it feeding the same channel and
+/// drop the old one. Ends when the subscription is dropped or the node stops.
+async fn rematch_when_published(rm: Rematch, current: Weak<Mutex<Current>>) {
+    let mut wait = Duration::from_millis(50);
+    let publishers = loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+        let (Some(inner), true) = (rm.node.upgrade(), current.strong_count() > 0) else { return };
+        let dn = DynNode { inner };
+        match dn.publishers_info(&rm.topic).await {
+            Ok(p) if !p.is_empty() => break p,
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    };
+    let qos = match_publishers(&publishers, rm.depth);
+    let Some(had) = current.upgrade().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).qos.clone()) else { return };
+    if qos.durability != had.durability || qos.reliability != had.reliability {
+        let Some(inner) = rm.node.upgrade() else { return };
+        let dn = DynNode { inner };
+        match dn.subscribe_raw_with(&rm.topic, &rm.type_name, qos.clone(), rm.forward.callback()).await {
+            Ok(new) => match current.upgrade() {
+                Some(c) => {
+                    tracing::debug!(topic = %rm.topic, durability = ?qos.durability, reliability = ?qos.reliability, "subscription re-made with its publishers' QoS");
+                    // The old subscription is destroyed when its guard drops.
+                    let _old = std::mem::replace(&mut *c.lock().unwrap_or_else(|e| e.into_inner()), Current { guard: new.guard, qos });
+                }
+                None => return, // dropped meanwhile: `new` goes with it
+            },
+            Err(e) => tracing::warn!(topic = %rm.topic, "cannot re-subscribe with the publishers' QoS: {e}"),
+        }
+        tokio::time::sleep(REMATCH_DEDUP).await;
+    }
+    if let Ok(mut d) = rm.forward.seen.lock() {
+        d.on = false;
+        d.last = HashMap::new();
+    }
 }
 
 impl RawSubscription {
@@ -590,9 +702,10 @@ impl RawSubscription {
         &self.ty
     }
 
-    /// The QoS the subscription was made with.
-    pub fn qos(&self) -> &QosProfile {
-        &self.qos
+    /// The subscription's QoS now: as made, or its publishers' once it was re-made with theirs
+    /// (see [`DynNode::subscribe_raw`]).
+    pub fn qos(&self) -> QosProfile {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).qos.clone()
     }
 
     /// Messages dropped because the receiver was `capacity` behind.
@@ -601,7 +714,7 @@ impl RawSubscription {
     }
 
     pub fn id(&self) -> r2r::SubscriptionId {
-        self.guard.id
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).guard.id
     }
 }
 

@@ -148,6 +148,8 @@ impl Default for KernelParams {
 /// Callbacks the kernel can get back from the process manager's history after a restart (the
 /// process manager keeps as many: `nodes::process_manager::CALLBACK_HISTORY`).
 const CALLBACK_HISTORY: usize = 100;
+// The kernel queue's deduplication window must outlast the history it may be replayed.
+const _: () = assert!(crate::kernel_queue::KEYS_KEPT >= 10 * CALLBACK_HISTORY);
 /// How long a launch waits for its answer before it asks whether the worker exists after all.
 const LAUNCH_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How long a refusal stays in its writer's history (for subscribers behind in a burst, late joiners).

@@ -290,7 +290,8 @@ pub async fn run() -> anyhow::Result<()> {
     }
     // Streams may be open for minutes: shutting down does not wait for them.
     let served = tokio::select! {
-        r = axum::serve(listener, server::router(app)) => r,
+        // Streamed tokens are small writes: TCP_NODELAY sends each at once.
+        r = axum::serve(crate::http::nodelay(listener), server::router(app)) => r,
         _ = ros::shutdown_signal() => Ok(()),
     };
     tracing::info!("llm_server shutting down");

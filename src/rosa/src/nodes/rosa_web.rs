@@ -168,6 +168,9 @@ pub async fn run() -> anyhow::Result<()> {
         tracing::info!("rosa_web listening on http://{addr}/ (rosbridge v2, Foxglove WebSocket, UI)");
         let router = axum::Router::new().fallback(root).with_state(server.clone());
         let c = cancel.clone();
+        // One WebSocket frame per message: without TCP_NODELAY a frame could wait for the client's
+        // delayed ACK.
+        let listener = crate::http::nodelay(listener);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(async move { c.cancelled_owned().await }).await {
                 tracing::error!("rosa_web server: {e}");
