@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -148,10 +149,24 @@ def worker_checks(task, s, s0, tools):
 
 def run_worker(spec, timeout=300):
     t0 = time.monotonic()
-    p = subprocess.run([str(PREFIX / "worker")], input=json.dumps(spec), capture_output=True, text=True, timeout=timeout)
+    # The spec is one line on stdin, which then stays open: it is the worker's lifeline (end of
+    # file means its process manager is gone, and the worker ends at once).
+    p = subprocess.Popen([str(PREFIX / "worker")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write(json.dumps(spec) + "\n")
+    p.stdin.flush()
+    err = []
+    reader = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)
+    reader.start()
+    killer = threading.Timer(timeout, p.kill)
+    killer.start()
+    out = p.stdout.read()
+    p.wait()
+    killer.cancel()
+    p.stdin.close()
+    reader.join(5)
     took = time.monotonic() - t0
     tools, final, steps = [], None, 0
-    for line in p.stdout.splitlines():
+    for line in out.splitlines():
         try:
             r = json.loads(line)
         except ValueError:
@@ -162,7 +177,7 @@ def run_worker(spec, timeout=300):
                 tools.append(r["tool"])
         elif r.get("event") == "final":
             final = r
-    return tools, final, steps, took, p.stderr
+    return tools, final, steps, took, "".join(err)
 
 
 def main():
