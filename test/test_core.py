@@ -6,6 +6,7 @@ Real node binaries, real DDS (loopback), real MCP over HTTP; only the LLM is scr
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from action_msgs.msg import GoalStatus
@@ -149,6 +150,29 @@ def test_terminate_service_ends_a_worker(graph, peer, llm, robot):
 
     unknown = peer.call(TerminateProcess, "/rosa/terminate_process", TerminateProcess.Request(worker_id="wnope", force=True))
     assert unknown.ok is False and "no running process" in unknown.message
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_waiting_worker_leaves_the_cpu_to_others(graph, peer, llm, robot):
+    # A worker's node has publishers only: with nothing in its wait set, its spin thread once
+    # spun a whole core while the worker waited (on its LLM: the local model's own cores).
+    llm.handler = slow_worker_handler()
+    start_core(graph, peer)
+    peer.publish("/rosa/command", String, String(data="take your time"))
+    robot.wait_for_calls(1, timeout=20)
+    row = wait_until(lambda: next((p for t in peer.received("/rosa/processes") for p in t.processes if p.state == "running"), None), 10, "a running process")
+    time.sleep(0.5)
+    c0, t0 = cpu_seconds(row.pid), time.monotonic()
+    time.sleep(3.0)
+    share = (cpu_seconds(row.pid) - c0) / (time.monotonic() - t0)
+    assert share < 0.1, f"a worker waiting on a tool used {100 * share:.0f} % of a core"
+    resp = peer.call(TerminateProcess, "/rosa/terminate_process", TerminateProcess.Request(worker_id=row.worker_id, force=True))
+    assert resp.ok, resp.message
 
 
 def test_cancelling_the_goal_terminates_the_worker(graph, peer, llm, robot):

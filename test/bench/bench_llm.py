@@ -141,6 +141,9 @@ def worker_checks(task, s, s0, tools):
     for t in task.get("called", []):
         if t not in tools:
             fails.append(f"{t} not called")
+    for t in task.get("not_called", []):
+        if t in tools:
+            fails.append(f"{t} called")
     for t, n in task.get("called_min", {}).items():
         if tools.count(t) < n:
             fails.append(f"{t} called {tools.count(t)} times")
@@ -187,6 +190,9 @@ def main():
     ap.add_argument("--no-e2e", action="store_true", help="skip the 'look to your left' end-to-end run")
     ap.add_argument("--worker-tool-choice", choices=["auto", "required"], default=None,
                     help="the workers' tool_choice (default: worker_tool_choice of config/rosa.yaml)")
+    ap.add_argument("--worker-act-first", choices=["on", "off"], default=None,
+                    help="a worker's first step must call a tool (default: on for llm_server, as ./rosa up "
+                         "sets it for the embedded model; with --url, worker_act_first of config/rosa.yaml)")
     ap.add_argument("--url", help="an OpenAI-compatible endpoint to measure instead of llm_server")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     ap.add_argument("--json", help="write the figures to this file")
@@ -195,6 +201,8 @@ def main():
     params = yaml.safe_load((ROOT / "config" / "rosa.yaml").read_text())
     pm = params["/rosa/process_manager"]["ros__parameters"]
     tool_choice = args.worker_tool_choice or pm.get("worker_tool_choice", "auto")
+    act_first = args.worker_act_first == "on" if args.worker_act_first else (
+        not args.url or bool(pm.get("worker_act_first", False)))
     decisions = yaml.safe_load((ROOT / "test" / "llm_decisions.yaml").read_text())
     kernel_items = decisions["kernel"][: args.kernel or None]
     worker_items = decisions["worker"][: args.worker or None]
@@ -203,7 +211,7 @@ def main():
     rules = (ROOT / "config" / "prompts" / "worker.txt").read_text()
 
     tmp = Path(tempfile.mkdtemp(prefix="rosa-bench-llm-"))
-    figures = {"domain": DOMAIN, "worker_tool_choice": tool_choice}
+    figures = {"domain": DOMAIN, "worker_tool_choice": tool_choice, "worker_act_first": act_first}
     graph = Graph(tmp, DOMAIN, "http://127.0.0.1:9/v1", {})
     daemon = None
     try:
@@ -303,7 +311,7 @@ def main():
                     daemon.post("/api/move/goto", {"head_pose": {"x": 0, "y": 0, "z": 0, "roll": 0, **pre}, "duration": 0.3})
                     time.sleep(0.6)
                 s0 = daemon.state()
-                spec = {"worker_id": f"wbench{i:03d}", "system_prompt": system, "task": task["task"], "tool_choice": tool_choice,
+                spec = {"worker_id": f"wbench{i:03d}", "system_prompt": system, "task": task["task"], "tool_choice": tool_choice, "act_first": act_first,
                         "robots": [["reachy-mini", mcp_url]], "max_steps": int(pm.get("max_steps", 20)), "tool_timeout_sec": 60.0, "llm": llm_cfg}
                 tools, final, steps, took, err = run_worker(spec)
                 time.sleep(0.3)
