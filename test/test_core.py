@@ -38,6 +38,15 @@ def slow_worker_handler(seconds=30.0):
     return default_handler(worker_tool="slow", worker_args={"seconds": seconds})
 
 
+def start_a_slow_worker(graph, peer, llm, robot):
+    """The core graph with a worker busy in a 30 s tool call: its row of the process table."""
+    llm.handler = slow_worker_handler()
+    start_core(graph, peer)
+    peer.publish("/rosa/command", String, String(data="take your time"))
+    robot.wait_for_calls(1, timeout=20)
+    return wait_until(lambda: next((p for t in peer.received("/rosa/processes") for p in t.processes if p.state == "running"), None), 10, "a running process")
+
+
 def table_row(peer, worker_id):
     tables = peer.received("/rosa/processes")
     for t in reversed(tables):
@@ -132,11 +141,7 @@ def test_kernel_lists_and_terminates_processes_through_its_tools(graph, peer, ll
 
 
 def test_terminate_service_ends_a_worker(graph, peer, llm, robot):
-    llm.handler = slow_worker_handler()
-    start_core(graph, peer)
-    peer.publish("/rosa/command", String, String(data="take your time"))
-    robot.wait_for_calls(1, timeout=20)
-    row = wait_until(lambda: next((p for t in peer.received("/rosa/processes") for p in t.processes if p.state == "running"), None), 10, "a running process")
+    row = start_a_slow_worker(graph, peer, llm, robot)
     assert row.pid > 0
 
     resp = peer.call(TerminateProcess, "/rosa/terminate_process", TerminateProcess.Request(worker_id=row.worker_id, force=False))
@@ -161,11 +166,7 @@ def cpu_seconds(pid):
 def test_a_waiting_worker_leaves_the_cpu_to_others(graph, peer, llm, robot):
     # A worker's node has publishers only: with nothing in its wait set, its spin thread once
     # spun a whole core while the worker waited (on its LLM: the local model's own cores).
-    llm.handler = slow_worker_handler()
-    start_core(graph, peer)
-    peer.publish("/rosa/command", String, String(data="take your time"))
-    robot.wait_for_calls(1, timeout=20)
-    row = wait_until(lambda: next((p for t in peer.received("/rosa/processes") for p in t.processes if p.state == "running"), None), 10, "a running process")
+    row = start_a_slow_worker(graph, peer, llm, robot)
     time.sleep(0.5)
     c0, t0 = cpu_seconds(row.pid), time.monotonic()
     time.sleep(3.0)

@@ -333,7 +333,7 @@ def main():
 
         # 5. look to your left, end to end
         if not args.no_e2e:
-            figures["look_left"] = look_left(graph, daemon, url, args.model, mcp_url, tmp)
+            figures["look_left"] = look_left(graph, daemon, url, args.model, mcp_url, tmp, tool_choice, act_first)
             print(f"look left, end to end: head turned {figures['look_left'].get('head_turned_sec')} s after ./rosa say; worker report "
                   f"{figures['look_left'].get('worker_report_sec')} s; kernel report {figures['look_left'].get('kernel_report_sec')} s", flush=True)
         if not args.url:
@@ -357,7 +357,7 @@ def _health(url):
         return False
 
 
-def look_left(graph, daemon, url, model, mcp_url, tmp):
+def look_left(graph, daemon, url, model, mcp_url, tmp, tool_choice, act_first):
     """The core graph on this LLM: ./rosa say "look to your left" -> the head turns, reports come back."""
     from rosa_interfaces.msg import Update, WorkerCallback
     from std_msgs.msg import String
@@ -370,7 +370,8 @@ def look_left(graph, daemon, url, model, mcp_url, tmp):
     graph.llm_url = url
     common = {"llm.models": f"['{model}']", "llm.max_retries": 1, "llm.timeout_sec": 300.0,
               "llm.first_token_timeout_sec": 120.0, "llm.stall_timeout_sec": 120.0}
-    graph.start("process_manager", **common)
+    # the workers' settings of the runs above (./rosa up sets worker_act_first for the embedded model)
+    graph.start("process_manager", worker_tool_choice=tool_choice, worker_act_first=str(act_first).lower(), **common)
     graph.start("kernel", event_deadline_sec=300.0, **common)
     peer = Peer(DOMAIN)
     out = {}
