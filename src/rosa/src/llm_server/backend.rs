@@ -351,15 +351,29 @@ impl LlamaServer {
         }
     }
 
-    /// The idle slot whose cached text shares the longest start with `prompt` (ties: the one used
-    /// longest ago), marked busy.
+    /// The idle slot whose cached text shares the longest start with `prompt`, counted only when
+    /// that start is at least half of what the slot caches (llama-server's own rule for keeping a
+    /// slot's cache); else an empty slot; else the one used longest ago. Marked busy.
+    ///
+    /// The kernel's and the workers' prompts share their first words (`<|im_start|>system\nYou
+    /// are `): counting those made a worker take the kernel's slot rather than the empty one, so
+    /// the two evicted each other's prefix at every turn (measured: a worker's 2,690-token prefix
+    /// processed again from token 0, 72 s, after the same prefix had just been sent).
     fn take_slot(&self, prompt: &str) -> Option<usize> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = |s: &Slot| {
+            let shared = common_prefix(&s.text, prompt);
+            if shared * 2 >= s.text.len() && !s.text.is_empty() {
+                shared
+            } else {
+                0
+            }
+        };
         let best = slots
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.busy)
-            .max_by_key(|(_, s)| (common_prefix(&s.text, prompt), std::cmp::Reverse(s.used)))
+            .max_by_key(|(_, s)| (kept(s), s.text.is_empty(), std::cmp::Reverse(s.used)))
             .map(|(i, _)| i)?;
         slots[best].busy = true;
         slots[best].used = self.clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -621,14 +635,25 @@ mod tests {
             g[i].text = text.into();
             g[i].busy = false;
         };
-        let a = s.take_slot("KERNEL PROMPT event 1").unwrap();
-        release(a, "KERNEL PROMPT event 1 reply");
-        let b = s.take_slot("WORKER PROMPT task 1").unwrap();
-        assert_ne!(a, b, "the idle slot used longest ago (never), not the kernel's");
-        release(b, "WORKER PROMPT task 1");
-        assert_eq!(s.take_slot("KERNEL PROMPT event 2"), Some(a));
-        assert_eq!(s.take_slot("WORKER PROMPT task 2"), Some(b));
+        // As rendered: both prompts start with the same words.
+        let kernel = |e: &str| format!("<|im_start|>system\nYou are the kernel of rosa.<|im_end|>\n<|im_start|>user\n{e}");
+        let worker = |t: &str| format!("<|im_start|>system\nYou are a worker process of rosa.<|im_end|>\n<|im_start|>user\n{t}");
+        let a = s.take_slot(&kernel("event 1")).unwrap();
+        release(a, &kernel("event 1"));
+        let b = s.take_slot(&worker("task 1")).unwrap();
+        assert_ne!(a, b, "the empty slot, not the kernel's, whose start the worker's shares");
+        release(b, &worker("task 1"));
+        assert_eq!(s.take_slot(&kernel("event 2")), Some(a));
+        release(a, &kernel("event 2"));
+        assert_eq!(s.take_slot(&worker("task 2 and its tool results")), Some(b));
+        assert_eq!(s.take_slot("anything"), Some(a), "the only idle one");
         assert_eq!(s.take_slot("anything"), None, "both busy");
+        // No slot worth keeping and none empty: the one used longest ago.
+        release(a, &kernel("event 3"));
+        release(b, &worker("task 3"));
+        let _ = s.take_slot(&worker("task 3 step 2")).unwrap();
+        release(b, &worker("task 3 step 2"));
+        assert_eq!(s.take_slot("a prompt like no other"), Some(a));
         // Without the binary, asking for a generation is a clear error, not a hang.
         let err = s.generate(req_for("x")).await.err().unwrap();
         assert!(matches!(&err, BackendError::Unavailable(m) if m.contains("cannot start")), "{err:?}");
