@@ -236,6 +236,18 @@ class Graph:
         p = self.tmp / f"{name}.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def stop_node(self, name, timeout=8):
+        """Stop one node (SIGINT, then SIGKILL after `timeout`) and close its log."""
+        p, log = self.procs.pop(name)
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        log.close()
+
     def stop(self):
         for name, (p, log) in self.procs.items():
             if p.poll() is None:

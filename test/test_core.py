@@ -19,9 +19,9 @@ from conftest import LATCHED, wait_until
 from support.scripted_llm import Calls, Hang, Reply, ToolCall, default_handler, last_message, tool_results
 
 
-def start_core(graph, peer, **pm_params):
+def start_core(graph, peer, kernel_params=None, **pm_params):
     graph.start("process_manager", **pm_params)
-    graph.start("kernel")
+    graph.start("kernel", **(kernel_params or {}))
     peer.listen("/rosa/worker_callback", WorkerCallback, publishers=1)
     peer.listen("/rosa/updates", Update, publishers=2)
     peer.listen("/rosa/events", KernelEvent, publishers=1)
@@ -99,6 +99,36 @@ def test_command_launches_a_worker_that_calls_the_robot_and_reports_back(graph, 
     assert "- testbot: test robot testbot" in kernel_req["messages"][0]["content"]
     assert {t["function"]["name"] for t in kernel_req["tools"]} == {"launch_process", "list_processes", "terminate_process"}
     assert graph.alive("kernel") and graph.alive("process_manager")
+
+
+def test_warm_prefix_gives_the_llm_both_prompt_prefixes_before_the_first_event(graph, peer, llm, robot):
+    # ./rosa up sets warm_prefix for the embedded model: while idle, the kernel and the process
+    # manager each send the prefix of their next request (system prompt, tools, the first message's
+    # start) asking for one token; what comes back is dropped (the scripted model answers with
+    # calls: none is run, nothing is launched or said).
+    start_core(graph, peer, kernel_params={"warm_prefix": "true"}, warm_prefix="true")
+    one_token = lambda rs: [r for r in rs if r["body"].get("max_tokens") == 1]
+    warm = llm.wait_for(lambda rs: {r["body"].get("user") for r in one_token(rs)} >= {"kernel", "process_manager"}, 30)
+    time.sleep(2.0)
+    assert len(llm.snapshot()) == len(one_token(llm.snapshot())), "only warm-ups so far"
+    assert robot.snapshot() == [] and peer.received("/rosa/events") == []
+    assert all(p.processes == [] for p in peer.received("/rosa/processes")), "a warm-up is not a process"
+    warm = {r["body"]["user"]: r["body"] for r in one_token(llm.snapshot())}  # the last of each
+
+    peer.publish("/rosa/command", String, String(data="wave at me"))
+    cb = peer.wait_for_msg("/rosa/worker_callback", lambda m: m.final)
+    assert cb.done is True and robot.snapshot()[0]["tool"] == "wave"
+    real = {r["body"]["user"].split("_")[0]: r["body"] for r in reversed(llm.snapshot()) if "max_tokens" not in r["body"]}
+    # Each real request begins as its warm-up did: the same system prompt and tools, and the first
+    # user message starts alike (the kernel's event source, the worker's task heading).
+    for warm_body, body, start in ((warm["kernel"], real["kernel"], "[User typed] "), (warm["process_manager"], real["worker"], "## Your task\n")):
+        assert warm_body["messages"][0] == body["messages"][0]
+        assert warm_body["tools"] == body["tools"]
+        assert warm_body["messages"][-1]["role"] == "user" and warm_body["messages"][-1]["content"].startswith(start)
+        assert body["messages"][1]["content"].startswith(start)
+    assert "testbot" in warm["process_manager"]["messages"][0]["content"]
+    assert "wave" in [t["function"]["name"] for t in warm["process_manager"]["tools"]]
+    assert "launch_process" in [t["function"]["name"] for t in warm["kernel"]["tools"]]
 
 
 def test_chat_service_returns_the_kernel_reply(graph, peer, llm):

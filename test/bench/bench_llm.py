@@ -188,6 +188,9 @@ def main():
     ap.add_argument("--kernel", type=int, default=0, help="kernel events to run (default: all)")
     ap.add_argument("--worker", type=int, default=0, help="worker tasks to run (default: all)")
     ap.add_argument("--no-e2e", action="store_true", help="skip the 'look to your left' end-to-end run")
+    ap.add_argument("--e2e-warm-prefix", choices=["on", "off"], default="on",
+                    help="end-to-end run: the kernel and the process manager warm the LLM with their prompt prefixes "
+                         "at start (warm_prefix; ./rosa up sets it for the embedded model), and the run waits for it")
     ap.add_argument("--worker-tool-choice", choices=["auto", "required"], default=None,
                     help="the workers' tool_choice (default: worker_tool_choice of config/rosa.yaml)")
     ap.add_argument("--worker-act-first", choices=["on", "off"], default=None,
@@ -333,7 +336,14 @@ def main():
 
         # 5. look to your left, end to end
         if not args.no_e2e:
-            figures["look_left"] = look_left(graph, daemon, url, args.model, mcp_url, tmp, tool_choice, act_first)
+            if not args.url:
+                # From an empty prompt cache, as after ./rosa up: the runs above left both prefixes cached.
+                graph.stop_node("llm_server")
+                (tmp / "llm_server.log").rename(tmp / "llm_server.runs.log")
+                graph.start("llm_server", port=port)
+                wait_until(lambda: _health(url), 300, "the model to load")
+            figures["look_left"] = look_left(graph, daemon, url, args.model, mcp_url, tmp, tool_choice, act_first,
+                                             args.e2e_warm_prefix == "on")
             print(f"look left, end to end: head turned {figures['look_left'].get('head_turned_sec')} s after ./rosa say; worker report "
                   f"{figures['look_left'].get('worker_report_sec')} s; kernel report {figures['look_left'].get('kernel_report_sec')} s", flush=True)
         if not args.url:
@@ -357,8 +367,9 @@ def _health(url):
         return False
 
 
-def look_left(graph, daemon, url, model, mcp_url, tmp, tool_choice, act_first):
-    """The core graph on this LLM: ./rosa say "look to your left" -> the head turns, reports come back."""
+def look_left(graph, daemon, url, model, mcp_url, tmp, tool_choice, act_first, warm):
+    """The core graph on this LLM: ./rosa say "look to your left" -> the head turns, reports come back.
+    With `warm`, the nodes first warm the LLM with their prompt prefixes (their time is reported)."""
     from rosa_interfaces.msg import Update, WorkerCallback
     from std_msgs.msg import String
 
@@ -371,6 +382,8 @@ def look_left(graph, daemon, url, model, mcp_url, tmp, tool_choice, act_first):
     common = {"llm.models": f"['{model}']", "llm.max_retries": 1, "llm.timeout_sec": 300.0,
               "llm.first_token_timeout_sec": 120.0, "llm.stall_timeout_sec": 120.0}
     # the workers' settings of the runs above (./rosa up sets worker_act_first for the embedded model)
+    common["warm_prefix"] = str(warm).lower()
+    t_start = time.monotonic()
     graph.start("process_manager", worker_tool_choice=tool_choice, worker_act_first=str(act_first).lower(), **common)
     graph.start("kernel", event_deadline_sec=300.0, **common)
     peer = Peer(DOMAIN)
@@ -379,7 +392,15 @@ def look_left(graph, daemon, url, model, mcp_url, tmp, tool_choice, act_first):
         peer.listen("/rosa/updates", Update, publishers=2).listen("/rosa/worker_callback", WorkerCallback, publishers=1)
         pub = peer.publisher("/rosa/command", String)
         wait_until(lambda: "kernel ready" in graph.log("kernel"), 30, "the kernel")
-        time.sleep(11)  # the kernel's first reachability check of the robot
+        if warm:
+            for node, line, key in (("kernel", "the LLM has the kernel's prompt prefix", "kernel_warm_up_sec"),
+                                    ("process_manager", "the LLM has a worker's prompt prefix", "worker_warm_up_sec")):
+                wait_until(lambda: line in graph.log(node), 600, f"the {node}'s prompt prefix")
+                out[key] = round(time.monotonic() - t_start, 1)
+            print(f"prompt prefixes processed {out['kernel_warm_up_sec']} s (kernel) and {out['worker_warm_up_sec']} s "
+                  f"(worker) after the nodes started", flush=True)
+        else:
+            time.sleep(11)  # the kernel's first reachability check of the robot
         daemon.post("/api/move/goto", {"head_pose": {"x": 0, "y": 0, "z": 0, "roll": 0, "pitch": 0, "yaw": 0}, "duration": 0.3})
         time.sleep(0.5)
         t0 = time.monotonic()

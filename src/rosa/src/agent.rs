@@ -301,6 +301,27 @@ impl<M: ChatModel + ?Sized> Agent<M> {
         Self { memory, options, model }
     }
 
+    /// Send what the first step of a turn for `user` would send, ask for one token, and keep
+    /// nothing of it (memory is unchanged). A server that caches prompts (the embedded model) has
+    /// then processed the prefix every later turn shares — the system prompt, the tool schemas,
+    /// the turns in memory — and the next real turn pays only for its own tokens.
+    pub async fn warm_prefix(&self, user: String, tools: &dyn ToolBox) -> Result<(), LlmError> {
+        let mut memory = self.memory.clone();
+        memory.begin_turn(user);
+        memory.trim();
+        let messages = memory.messages();
+        let specs = tools.specs();
+        let request = ChatRequest {
+            messages: &messages,
+            tools: &specs,
+            // The prompt is the same whatever the choice; `auto` lets one token of text end it.
+            tool_choice: ToolChoice::Auto,
+            deadline: self.options.turn_deadline.map(|d| Instant::now() + d),
+            max_tokens: Some(1),
+        };
+        self.model.complete(request).await.map(|_| ())
+    }
+
     /// Run one turn for `user` and return the model's final answer.
     pub async fn run_turn(
         &mut self,
@@ -343,6 +364,7 @@ impl<M: ChatModel + ?Sized> Agent<M> {
                     None => opts.tool_choice,
                 },
                 deadline,
+                max_tokens: None,
             };
             let completion = match self.model.complete(request).await {
                 Ok(c) => c,
@@ -428,11 +450,18 @@ pub mod testutil {
         pub seen: Mutex<Vec<Vec<Message>>>,
         /// Per request: how many tools were offered, and the tool_choice.
         pub requests: Mutex<Vec<(usize, ToolChoice)>>,
+        /// Per request: its own `max_tokens`, if any.
+        pub max_tokens: Mutex<Vec<Option<u32>>>,
     }
 
     impl ScriptedModel {
         pub fn new(replies: Vec<Result<Completion, LlmError>>) -> std::sync::Arc<Self> {
-            std::sync::Arc::new(Self { replies: Mutex::new(replies.into()), seen: Mutex::new(Vec::new()), requests: Mutex::new(Vec::new()) })
+            std::sync::Arc::new(Self {
+                replies: Mutex::new(replies.into()),
+                seen: Mutex::new(Vec::new()),
+                requests: Mutex::new(Vec::new()),
+                max_tokens: Mutex::new(Vec::new()),
+            })
         }
     }
 
@@ -452,6 +481,7 @@ pub mod testutil {
         async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion, LlmError> {
             self.seen.lock().unwrap().push(request.messages.to_vec());
             self.requests.lock().unwrap().push((request.tools.len(), request.tool_choice));
+            self.max_tokens.lock().unwrap().push(request.max_tokens);
             self.replies
                 .lock()
                 .unwrap()
@@ -502,6 +532,30 @@ mod tests {
         // The second request carried the tool result after the assistant's call.
         let second = &model.seen.lock().unwrap()[1];
         assert!(matches!(&second[3], Message::Tool { content, .. } if content.starts_with("echo")));
+    }
+
+    #[tokio::test]
+    async fn a_warm_up_sends_the_first_steps_request_for_one_token_and_keeps_nothing() {
+        // Whatever it answers (here a call) is dropped: no tool runs, memory is unchanged.
+        let model = ScriptedModel::new(vec![call("echo", "{}"), call("echo", r#"{"x":1}"#), text("done")]);
+        let mut options = AgentOptions::new(5);
+        options.act_first = true;
+        let mut agent = Agent::new(model.clone(), Memory::new("sys", 10_000), options);
+        agent.memory.push_turn(vec![Message::User("earlier".into()), Message::Assistant { content: Some("ok".into()), tool_calls: vec![] }]);
+        let tools = echo();
+        agent.warm_prefix("go".into(), &tools).await.unwrap();
+        assert!(tools.calls.lock().unwrap().is_empty());
+        assert_eq!(agent.memory.turn_count(), 1);
+        agent.run_turn("go".into(), &tools, &mut |_| {}).await.unwrap();
+        let seen = model.seen.lock().unwrap();
+        // The same messages as the turn's first request (system, the turn in memory, the user's),
+        // the same tools; one token asked, and only by the warm-up.
+        assert_eq!(seen[0], seen[1]);
+        assert_eq!(seen[0].len(), 4);
+        let requests = model.requests.lock().unwrap();
+        assert_eq!((requests[0].0, requests[0].1), (1, ToolChoice::Auto));
+        assert_eq!(requests[1], (1, ToolChoice::Required));
+        assert_eq!(*model.max_tokens.lock().unwrap(), vec![Some(1), None, None]);
     }
 
     #[tokio::test]

@@ -384,11 +384,16 @@ pub struct Kernel<M: ChatModel + ?Sized> {
     pub prompt_template: String,
     seq: u64,
     limits: Option<watch::Receiver<Limits>>,
+    warm_prefix: bool,
 }
+
+/// How long the robots must stay the same before the kernel warms its prompt prefix (the first
+/// reachability checks of a start come in quick succession).
+const WARM_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 impl<M: ChatModel + ?Sized> Kernel<M> {
     pub fn new(agent: Agent<M>, tools: KernelTools, prompt_template: String) -> Self {
-        let mut k = Self { agent, tools, prompt_template, seq: 0, limits: None };
+        let mut k = Self { agent, tools, prompt_template, seq: 0, limits: None, warm_prefix: false };
         k.refresh_prompt();
         k
     }
@@ -397,6 +402,32 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
     pub fn with_limits(mut self, limits: watch::Receiver<Limits>) -> Self {
         self.limits = Some(limits);
         self
+    }
+
+    /// While idle, keep the LLM's cache warm with the prompt prefix ([`Agent::warm_prefix`]): at
+    /// start and whenever the reachable robots (and so the prompt and the tools) change. For a
+    /// local model: a remote provider would bill the prefix for nothing.
+    pub fn with_warm_prefix(mut self, on: bool) -> Self {
+        self.warm_prefix = on;
+        self
+    }
+
+    /// Take a new robot list, if there is one, into the prompt.
+    fn sync_robots(&mut self) {
+        if self.tools.robots.has_changed().unwrap_or(false) {
+            self.tools.robots.borrow_and_update();
+            self.refresh_prompt();
+        }
+    }
+
+    /// Send the prefix of the next event's request (see [`with_warm_prefix`](Self::with_warm_prefix)).
+    pub async fn warm(&mut self) {
+        self.sync_robots();
+        let t = std::time::Instant::now();
+        match self.agent.warm_prefix(Event::command("").text, &self.tools).await {
+            Ok(()) => tracing::info!(seconds = format!("{:.1}", t.elapsed().as_secs_f64()), "the LLM has the kernel's prompt prefix"),
+            Err(e) => tracing::warn!(error = %e, "could not warm the LLM with the kernel's prompt prefix"),
+        }
     }
 
     fn refresh_prompt(&mut self) {
@@ -434,10 +465,7 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
             self.agent.options.turn_deadline = l.event_deadline;
             self.agent.memory.set_budget(l.memory_tokens);
         }
-        if self.tools.robots.has_changed().unwrap_or(false) {
-            self.tools.robots.borrow_and_update();
-            self.refresh_prompt();
-        }
+        self.sync_robots();
         tracing::info!(seq = self.seq, source = event.source.as_str(), text = %event.text, "event");
         let result = self
             .agent
@@ -469,7 +497,25 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
     /// Run until the queue closes: take each event in order, journal its progress, answer it;
     /// `status` says which event is being handled (events arriving meanwhile are queued out loud).
     pub async fn run(mut self, queue: Arc<KernelQueue>, out: Arc<dyn KernelOutput>, status: KernelStatus) {
-        while let Some(q) = queue.next().await {
+        // Its own view of the robots: a change makes a warm-up due (the prompt takes it in `warm`).
+        let mut robots = self.tools.robots.clone();
+        let mut warm_due = self.warm_prefix;
+        loop {
+            let next = tokio::select! {
+                biased;
+                q = queue.next() => q,
+                Ok(()) = robots.changed(), if self.warm_prefix => {
+                    robots.borrow_and_update();
+                    warm_due = true;
+                    continue;
+                }
+                _ = tokio::time::sleep(WARM_SETTLE), if warm_due => {
+                    warm_due = false;
+                    self.warm().await;
+                    continue;
+                }
+            };
+            let Some(q) = next else { break };
             let id = q.id;
             let mut event = q.event;
             if let Some(tools) = &q.interrupted {

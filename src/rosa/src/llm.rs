@@ -122,11 +122,13 @@ pub struct ChatRequest<'a> {
     pub tool_choice: ToolChoice,
     /// The call (retries and backoff included) gives up at this instant.
     pub deadline: Option<Instant>,
+    /// `max_tokens` of this call, instead of `llm.max_tokens` (a prefix warm-up asks for 1).
+    pub max_tokens: Option<u32>,
 }
 
 impl<'a> ChatRequest<'a> {
     pub fn new(messages: &'a [Message], tools: &'a [ToolSpec]) -> Self {
-        Self { messages, tools, tool_choice: ToolChoice::Auto, deadline: None }
+        Self { messages, tools, tool_choice: ToolChoice::Auto, deadline: None, max_tokens: None }
     }
 }
 
@@ -285,8 +287,10 @@ impl OpenAiChat {
             body["tools"] = req.tools.iter().map(ToolSpec::to_wire).collect();
             body["tool_choice"] = json!(req.tool_choice.as_str());
         }
-        if self.config.max_tokens > 0 {
-            body["max_tokens"] = json!(self.config.max_tokens);
+        match req.max_tokens {
+            Some(n) => body["max_tokens"] = json!(n.max(1)),
+            None if self.config.max_tokens > 0 => body["max_tokens"] = json!(self.config.max_tokens),
+            None => {}
         }
         if !self.client_id.is_empty() {
             body["user"] = json!(self.client_id);
@@ -959,6 +963,17 @@ mod tests {
         };
         f(&mut cfg);
         OpenAiChat::new(&cfg).unwrap()
+    }
+
+    #[test]
+    fn a_requests_own_max_tokens_wins_over_the_configured_one() {
+        let c = OpenAiChat::new(&LlmConfig { urls: vec!["http://127.0.0.1:9/v1".into()], max_tokens: 256, ..Default::default() }).unwrap();
+        let msgs = [Message::User("hi".into())];
+        assert_eq!(c.request_body("m", &ChatRequest::new(&msgs, &[]))["max_tokens"], json!(256));
+        let one = ChatRequest { max_tokens: Some(1), ..ChatRequest::new(&msgs, &[]) };
+        assert_eq!(c.request_body("m", &one)["max_tokens"], json!(1));
+        let unset = OpenAiChat::new(&LlmConfig { urls: vec!["http://127.0.0.1:9/v1".into()], ..Default::default() }).unwrap();
+        assert!(unset.request_body("m", &ChatRequest::new(&msgs, &[])).get("max_tokens").is_none());
     }
 
     const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";

@@ -1,7 +1,7 @@
 //! A worker's logic: connect to its robots, run the agent on its task, report the outcome.
 
 use crate::agent::{Agent, AgentEvent, AgentOptions, Ending, Memory, ToolBox};
-use crate::llm::ChatModel;
+use crate::llm::{ChatModel, LlmError};
 use crate::process::{WorkerReport, WorkerSpec};
 use crate::robots::Robot;
 use std::sync::Arc;
@@ -47,6 +47,17 @@ pub fn agent_options(spec: &WorkerSpec) -> AgentOptions {
     o
 }
 
+/// The agent of a task of `spec`. A worker is short-lived: its memory only needs to hold one task.
+fn agent<M: ChatModel + ?Sized>(spec: &WorkerSpec, model: Arc<M>) -> Agent<M> {
+    Agent::new(model, Memory::new(spec.system_prompt.clone(), 64_000), agent_options(spec))
+}
+
+/// Have the LLM process the prefix every task on `spec`'s robots begins with — rules, robot
+/// prompts, tool schemas, the start of the first message ([`Agent::warm_prefix`]).
+pub async fn warm_prefix<M: ChatModel + ?Sized>(spec: &WorkerSpec, model: Arc<M>, tools: &dyn ToolBox) -> Result<(), LlmError> {
+    agent(spec, model).warm_prefix(first_message(""), tools).await
+}
+
 /// Run the task with `tools`; every report goes to `report` (the last one is `Final`).
 pub async fn run<M: ChatModel + ?Sized>(
     spec: &WorkerSpec,
@@ -55,10 +66,7 @@ pub async fn run<M: ChatModel + ?Sized>(
     report: &mut (dyn FnMut(WorkerReport) + Send),
 ) -> WorkerReport {
     report(WorkerReport::Running { tools: tools.specs().into_iter().map(|s| s.name).collect() });
-    // A worker is short-lived: its memory only needs to hold one task.
-    let memory = Memory::new(spec.system_prompt.clone(), 64_000);
-    let mut agent = Agent::new(model, memory, agent_options(spec));
-    let result = agent
+    let result = agent(spec, model)
         .run_turn(first_message(&spec.task), tools, &mut |e| match e {
             AgentEvent::Step { step } => report(WorkerReport::Step { step, tool: None }),
             AgentEvent::ToolStarted { step, tool } => report(WorkerReport::Step { step, tool: Some(tool) }),

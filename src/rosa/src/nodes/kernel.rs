@@ -63,6 +63,11 @@ pub struct KernelParams {
     /// then the kernel says it could not handle it and goes on with the next (0 = no limit).
     #[schemars(range(min = 0.0, max = 86400.0))]
     pub event_deadline_sec: f64,
+    /// While idle, send the LLM the prompt prefix of the next event (system prompt, tools, memory)
+    /// with `max_tokens` 1: at start and when the reachable robots change. For a local model with a
+    /// prompt cache (`./rosa up` sets it for the embedded one): the first event then pays only for
+    /// its own tokens. Off for remote providers, which would bill the prefix.
+    pub warm_prefix: bool,
 }
 
 impl crate::params::NodeParams for KernelParams {
@@ -141,6 +146,7 @@ impl Default for KernelParams {
             intake_depth: 5000,
             updates_history: 1000,
             event_deadline_sec: 120.0,
+            warm_prefix: false,
         }
     }
 }
@@ -638,7 +644,7 @@ pub async fn run() -> anyhow::Result<()> {
     let options = crate::kernel::agent_options(params.max_steps, event_deadline(params.event_deadline_sec));
     let mut agent = Agent::new(model, Memory::new("", params.memory_tokens as usize), options);
     agent.memory.restore(recovery.memory.clone());
-    let mut kernel = Kernel::new(agent, tools, template).with_limits(limits_rx);
+    let mut kernel = Kernel::new(agent, tools, template).with_limits(limits_rx).with_warm_prefix(params.warm_prefix);
     kernel.resume_seq(recovery.seq);
     if let Some(text) = recovery.announcement() {
         tracing::warn!(journal = %journal.display(), "{text}");

@@ -61,6 +61,11 @@ pub struct ProcessManagerParams {
     /// `worker_tool_choice`: `./rosa up` sets it for the embedded model, which otherwise tends to
     /// answer the task in text without doing it.
     pub worker_act_first: bool,
+    /// At start, send the LLM the prompt prefix of a task on the registry's first robot (worker
+    /// rules, robot prompt, its MCP tools) with `max_tokens` 1, once that robot's MCP server
+    /// answers. For a local model with a prompt cache (`./rosa up` sets it for the embedded one):
+    /// the first worker then pays only for its task. Off for remote providers (billed).
+    pub warm_prefix: bool,
     /// The largest timeout_sec a goal may ask for, seconds (larger, negative, NaN and inf are rejected).
     #[schemars(range(min = 1.0, max = 31536000.0))]
     pub max_timeout_sec: f64,
@@ -104,6 +109,7 @@ impl Default for ProcessManagerParams {
             warm_workers: 2,
             worker_tool_choice: crate::llm::ToolChoice::Auto,
             worker_act_first: false,
+            warm_prefix: false,
             max_timeout_sec: 86_400.0,
             mcp_token_file: String::new(),
             mcp_token_robots: vec![],
@@ -362,6 +368,38 @@ impl Ctx {
                 }
             }
         });
+    }
+
+    /// `warm_prefix`: the prefix of a task on the registry's first robot, sent once its MCP server
+    /// answers (it may start after this node; waited for up to WARM_WAIT).
+    async fn warm_worker_prefix(self) {
+        let Some(robot) = self.registry.robots.first().map(|r| r.name.clone()) else { return };
+        let spec = self.spec("warm-up", &LaunchProcess::Goal { robots: vec![robot.clone()], ..Default::default() });
+        let urls = spec.llm.urls.iter().chain(spec.robots.iter().map(|(_, u)| u)).map(String::as_str);
+        let http = match crate::http::client(clamped_seconds(spec.llm.connect_timeout_sec, 0.1, 600.0), urls) {
+            Ok(h) => h,
+            Err(e) => return tracing::warn!(error = %e, "cannot warm the LLM with a worker's prompt prefix"),
+        };
+        let since = std::time::Instant::now();
+        let tools = loop {
+            match crate::mcp_tools::McpToolBox::connect(&spec.robots, &spec.robot_tokens, Duration::from_secs(10), &http).await {
+                Ok(t) => break t,
+                Err(e) if since.elapsed() >= WARM_WAIT => {
+                    return tracing::warn!(%robot, error = %e, "no worker prompt prefix for the LLM: the robot's MCP server did not answer")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        };
+        let t = std::time::Instant::now();
+        let warmed = match crate::llm::OpenAiChat::with_http(&spec.llm, http) {
+            Ok(m) => crate::worker::warm_prefix(&spec, Arc::new(m.with_client_id("process_manager")), &tools).await,
+            Err(e) => Err(e),
+        };
+        match warmed {
+            Ok(()) => tracing::info!(%robot, seconds = format!("{:.1}", t.elapsed().as_secs_f64()), "the LLM has a worker's prompt prefix"),
+            Err(e) => tracing::warn!(%robot, error = %e, "could not warm the LLM with a worker's prompt prefix"),
+        }
+        tools.close().await;
     }
 
     fn spec(&self, worker_id: &str, goal: &LaunchProcess::Goal) -> WorkerSpec {
@@ -699,6 +737,9 @@ fn feedback(handle: &ActionServerGoal<LaunchProcess::Action>, worker_id: &str, s
 }
 
 
+/// How long `warm_prefix` waits for the robot's MCP server.
+const WARM_WAIT: Duration = Duration::from_secs(120);
+
 pub async fn run() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = Node::create(ctx, "process_manager", "/rosa")?;
@@ -754,6 +795,9 @@ pub async fn run() -> anyhow::Result<()> {
     ctx.recover(recovered).await;
     ctx.publish_table();
     ctx.refill_pool();
+    if params.warm_prefix {
+        tokio::spawn(ctx.clone().warm_worker_prefix());
+    }
     {
         let ctx = ctx.clone();
         declared.on_change(move |p| ctx.apply_params(p));
