@@ -526,6 +526,9 @@ impl<M: ChatModel + ?Sized> Kernel<M> {
             let _ = self.handle_with(event, out.as_ref(), &mut |e| queue.progress(id, e)).await;
             status.set(None);
             queue.done(id, &self.agent.memory);
+            // The event's own requests left the prefix cached (a change of the robots meanwhile
+            // makes a warm-up due again).
+            warm_due = false;
         }
     }
 }
