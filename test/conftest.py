@@ -236,11 +236,9 @@ class Graph:
         p = self.tmp / f"{name}.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def stop_node(self, name, timeout=8):
-        """Stop one node (SIGINT, then SIGKILL after `timeout`) and close its log."""
-        p, log = self.procs.pop(name)
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+    @staticmethod
+    def _reap(p, log, timeout=8):
+        """Wait for a node told to stop (SIGKILL after `timeout`) and close its log."""
         try:
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -248,17 +246,19 @@ class Graph:
             p.wait()
         log.close()
 
+    def stop_node(self, name, timeout=8):
+        """Stop one node (SIGINT, then SIGKILL after `timeout`) and close its log."""
+        p, log = self.procs.pop(name)
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        self._reap(p, log, timeout)
+
     def stop(self):
         for name, (p, log) in self.procs.items():
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         for name, (p, log) in self.procs.items():
-            try:
-                p.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            log.close()
+            self._reap(p, log)
         # Workers lead process groups of their own: make sure none of this test's outlives it.
         for pid in self.leftover_workers():
             os.kill(pid, signal.SIGKILL)

@@ -169,8 +169,8 @@ def choose_llm(args, params):
               # A 1.5B model given a task and tools on `auto` often answers in text without acting
               # (measured: "look to your left" -> "I cannot go on."): its first step must call a tool.
               "-p", "worker_act_first:=true",
-              # The kernel's and a worker's prompt prefixes (2-3k tokens each, 35-55 s of prefill
-              # here) are processed while idle, not on the first event and the first task.
+              # The kernel's (~0.8k tokens) and a worker's (~2.7k tokens, 35-55 s of prefill here)
+              # prompt prefixes are processed while idle, not on the first event and the first task.
               "-p", "warm_prefix:=true"])
     if args.llm_url:
         return [], False, srv_overrides, [f"rosa: LLM: {args.llm_url} (--llm-url; the embedded model is not started)"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the embedded LLM (the llm_server node and its local model) on this machine.
 
-    ./rosa bench llm [--kernel N] [--worker N] [--no-e2e] [--json OUT] [--url URL --model NAME]
+    ./rosa bench llm [--kernel N] [--worker N] [--no-e2e] [--e2e-warm-prefix on|off] [--json OUT] [--url URL --model NAME]
 
 1. Load: llm_server started → model loaded (s); RSS of llama-server.
 2. Speed: prompt processing (uncached: a worker's 2.7k-token prefix) and generation, tokens/s.
