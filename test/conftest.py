@@ -27,7 +27,7 @@ from support.mcp_recorder import McpRecorder  # noqa: E402
 from support.scripted_llm import ScriptedLLM  # noqa: E402
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-# rosa's Fast DDS profile (loopback, a shared-memory queue sized for bursts) for the peer and the nodes.
+# rosa's Fast DDS profile (UDP on 127.0.0.1 only) for the peer and the nodes.
 os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_loopback.xml"))
 
 import rclpy  # noqa: E402

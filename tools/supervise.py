@@ -328,7 +328,7 @@ def main():
     env = dict(os.environ)
     profile = ROOT / "config" / "fastdds_loopback.xml"
     if not args.dds_network and not env.get("FASTRTPS_DEFAULT_PROFILES_FILE") and profile.exists():
-        # Every DDS socket on 127.0.0.1 and a shared-memory queue sized for bursts (README "Sockets").
+        # Every DDS socket on 127.0.0.1, no shared-memory transport (README "Sockets").
         # SUBNET makes rmw_fastrtps leave the transports to the profile (LOCALHOST adds a UDP
         # transport on every interface); the profile keeps discovery on this host.
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
