@@ -217,6 +217,14 @@ async fn layer_publishes_rclpy_receives_equal_values_and_bytes() {
     dn.stop();
 }
 
+/// "Available" is the client's view (its request writer and response reader matched). The
+/// server's response writer can match the client's reader later; rmw_fastrtps then waits 100 ms
+/// for it and drops the response (seen once in CI on a loaded machine). Give discovery that time.
+async fn server_matched(client: &rosa::dynmsg::DynClient) {
+    client.wait_for_service(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_both_ways() {
     let mut peer = Peer::start("dyn_peer_srv");
@@ -224,6 +232,7 @@ async fn services_both_ways() {
     // The layer calls rclpy's service (a type outside IDL_PACKAGE_FILTER).
     peer.call(json!({"op": "serve", "service": "/dyn_test/basic", "type": "test_msgs/srv/BasicTypes"}));
     let client = dn.client("/dyn_test/basic", "test_msgs/srv/BasicTypes").await.unwrap();
+    server_matched(&client).await;
     let resp = client
         .call_json(&json!({"int64_value": -42, "string_value": "ping", "float64_value": 0.125, "uint8_value": 7}), Duration::from_secs(10))
         .await
@@ -236,6 +245,7 @@ async fn services_both_ways() {
     // std_srvs too, a bad request is an error naming the field, and an absent server times out.
     peer.call(json!({"op": "serve", "service": "/dyn_test/set_bool", "type": "std_srvs/srv/SetBool", "reply": {"success": true, "message": "done"}}));
     let sb = dn.client("/dyn_test/set_bool", "std_srvs/srv/SetBool").await.unwrap();
+    server_matched(&sb).await;
     assert_eq!(sb.call_json(&json!({"data": true}), Duration::from_secs(10)).await.unwrap(), json!({"success": true, "message": "done"}));
     let e = sb.call_json(&json!({"dta": true}), Duration::from_secs(1)).await.unwrap_err().to_string();
     assert!(e.contains("dta") && e.contains("has no field"), "{e}");
